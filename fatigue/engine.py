@@ -1,0 +1,690 @@
+"""The decision engine: ``Guard.process(state, event) -> Step`` and ``Guard.advance(state, now_ms) -> Step``.
+
+Pure and deterministic: the only clock is event time. Faust, the offline replay and the tests are three drivers of
+these two functions, so the same input gives the same decisions everywhere.
+
+How a channel's decision is found: every rule that currently blocks the channel yields a candidate block with an
+exact ``until`` (None: until lifted); the candidate with the latest ``until`` wins and every candidate is listed in
+the evidence. A decision is emitted only when the winner changes (reason, rule or ``until``), or as ``allow`` when
+the last block is lifted before its expiry. A block that simply reaches its ``until`` needs no message: consumers
+honour ``until`` and Redis keys expire at that instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right, insort
+from dataclasses import dataclass, field
+from datetime import datetime
+from heapq import merge
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from fatigue.events import CHANNEL_INDEX, CHANNELS, Event, Rejection
+from fatigue.policy import CapRule, Policy
+from fatigue.state import SCOPE_ALL, CustomerState
+from fatigue.timeutil import format_duration, format_ms, format_optional_ms
+
+EMAIL: Final = CHANNEL_INDEX["email"]
+SMS: Final = CHANNEL_INDEX["sms"]
+CALL: Final = CHANNEL_INDEX["call"]
+ALL_CHANNEL_INDEXES: Final = (EMAIL, SMS, CALL)
+_OPT_OUT_REASONS: Final = {"unsubscribe": "unsubscribe", "sms_stop": "sms_stop", "opt_out": "opt_out"}
+_NEGATIVE_REACTIONS: Final = frozenset({"short_hangups", "unread"})
+_MAX_EVIDENCE_TIMESTAMPS: Final = 10
+
+
+@dataclass(slots=True)
+class Step:
+    """What one event (or one advance of time) did: the new state and the effects to route."""
+
+    state: CustomerState | None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    rejection: Rejection | None = None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    until_ms: int | None
+    order: int
+    reason: str
+    rule_id: str
+    rule: str
+    evidence: dict[str, Any]
+
+    def sort_key(self) -> tuple[int, int]:
+        # latest until first (None = indefinite beats everything), then the policy's rule order
+        return (-(self.until_ms if self.until_ms is not None else 1 << 62), self.order)
+
+
+def event_id_hash(event_id: str) -> int:
+    """A stable 48-bit digest: de-duplication must agree across processes and restarts (unlike ``hash()``)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=6).digest(), "little")
+
+
+class Guard:
+    """Applies one :class:`Policy` to customer states."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._channel_caps = tuple(tuple(rule for rule in policy.caps if rule.channel == name) for name in CHANNELS)
+        self._global_caps = tuple(rule for rule in policy.caps if rule.channel is None)
+        self._counted = policy.counted_categories
+        self._retention_ms = policy.contact_retention_ms
+        self._hangup_retention_ms = policy.hangup_retention_ms
+        complaint = policy.complaint
+        self._complaint_retention_ms = (
+            max(complaint.channel_block_ms, complaint.other_channels_block_ms) if complaint else 0
+        )
+
+    # ------------------------------------------------------------------ drivers' entry points
+
+    def process(self, state: CustomerState | None, event: Event) -> Step:
+        """Apply one validated event. ``state`` is mutated in place and returned in the step."""
+        policy = self.policy
+        id_hash = event_id_hash(event.event_id)
+        if state is not None:
+            if id_hash in state.ids:
+                return Step(state, rejection=_reject(event, "duplicate", "event_id already processed"))
+            watermark = state.watermark_ms
+            if watermark is not None and event.ts_ms < watermark - policy.late_grace_ms:
+                detail = f"more than {format_duration(policy.late_grace_ms)} older than the customer's newest event"
+                return Step(state, rejection=_reject(event, "late", detail))
+        else:
+            state = CustomerState(event.customer_id)
+        step = Step(state)
+        ts = event.ts_ms
+        if state.watermark_ms is None or ts > state.watermark_ms:
+            if state.pending:
+                self._finalize_deadlines(state, ts, step.decisions)
+            state.watermark_ms = ts
+            self._trim(state, ts)
+        self._remember_id(state, id_hash, ts)
+        handler = _HANDLERS[event.type]
+        handler(self, state, event, step)
+        return step
+
+    def advance(self, state: CustomerState, now_ms: int) -> Step:
+        """Let time pass to ``now_ms`` without an event: fires unread deadlines before ``now_ms``.
+
+        The decisions carry the deadline as ``decided_at``, so they are the same whichever driver fires them and
+        whenever it does. The customer's watermark is not moved: only events do that.
+        """
+        step = Step(state)
+        if state.pending:
+            self._finalize_deadlines(state, now_ms, step.decisions)
+        return step
+
+    def current_decisions(self, state: CustomerState, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """The block decisions in force (as last emitted), e.g. to re-send them idempotently after a redelivery."""
+        at = state.watermark_ms if now_ms is None else now_ms
+        return [
+            record[1]
+            for record in state.emitted
+            if record is not None and _active(record[1]["until_ms"], at if at is not None else record[0])
+        ]
+
+    # ------------------------------------------------------------------ event handlers
+
+    def _on_contact(self, state: CustomerState, event: Event, step: Step) -> None:
+        channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
+        if event.category not in self._counted:
+            return  # transactional (and, by default, service) messages neither count nor are ever blocked
+        self._check_violations(state, event, channel, step.violations)
+        log = state.logs[channel]
+        insort(log, event.ts_ms)
+        if len(log) > self.policy.max_contacts_per_channel:
+            del log[0]
+            state.trimmed += 1
+        unread = self.policy.unread
+        if unread is not None and channel == EMAIL and event.category == "marketing":
+            insort(state.pending, [event.ts_ms + unread.deadline_ms, event.event_id, 0])
+        now = state.watermark_ms
+        assert now is not None
+        channels = ALL_CHANNEL_INDEXES if self._cross_channel_cap_reached(state, now) else (channel,)
+        self._evaluate(state, channels, now, event.event_id, event.ts_ms, step.decisions, "lifted")
+
+    def _on_call_ended(self, state: CustomerState, event: Event, step: Step) -> None:
+        if not event.answered:
+            return  # no pick-up, busy or voicemail: nobody hung up on anyone
+        policy = self.policy
+        changed = False
+        if policy.hangup_rules and event.duration_s < policy.hangup_threshold_s:
+            insort(state.hangups, event.ts_ms)
+            if len(state.hangups) > policy.max_signals:
+                del state.hangups[0]
+                state.trimmed += 1
+            changed = True
+        conversation = policy.conversation
+        if (
+            conversation is not None
+            and event.duration_s >= conversation.min_duration_s
+            and (state.conversation_ms is None or event.ts_ms > state.conversation_ms)
+        ):
+            state.conversation_ms = event.ts_ms
+            changed = True
+        if changed:
+            self._evaluate_event(state, (CALL,), event, step)
+
+    def _on_email_opened(self, state: CustomerState, event: Event, step: Step) -> None:
+        if event.machine:
+            return  # a privacy proxy fetching mail is not a human reading it
+        pending = state.pending
+        for entry in pending:
+            if entry[1] == event.ref:
+                if event.ts_ms <= entry[0]:
+                    entry[2] = 1
+                break
+        while pending and pending[0][2]:
+            del pending[0]
+            state.streak = 0
+
+    def _on_unsubscribe(self, state: CustomerState, event: Event, step: Step) -> None:
+        channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
+        if _set_fact(state.opt_outs, channel, [event.ts_ms, True, "unsubscribe"]):
+            self._evaluate_event(state, (channel,), event, step)
+
+    def _on_sms_stop(self, state: CustomerState, event: Event, step: Step) -> None:
+        if _set_fact(state.opt_outs, SMS, [event.ts_ms, True, "sms_stop"]):
+            self._evaluate_event(state, (SMS,), event, step)
+
+    def _on_complaint(self, state: CustomerState, event: Event, step: Step) -> None:
+        if self.policy.complaint is None:
+            return
+        channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
+        previous = state.complaints[channel]
+        if previous is None or event.ts_ms > previous:
+            state.complaints[channel] = event.ts_ms
+            self._evaluate_event(state, ALL_CHANNEL_INDEXES, event, step)
+
+    def _on_preference(self, state: CustomerState, event: Event, step: Step) -> None:
+        prefs = event.prefs or {}
+        ts = event.ts_ms
+        scope = ALL_CHANNEL_INDEXES if event.channel is None else (CHANNEL_INDEX[event.channel],)
+        affected: set[int] = set()
+        if "opt_out" in prefs:
+            for channel in scope:
+                if _set_fact(state.opt_outs, channel, [ts, prefs["opt_out"], "opt_out"]):
+                    affected.add(channel)
+        if "max_contacts" in prefs:
+            cap = prefs["max_contacts"]
+            fact = [ts, cap[0], cap[1]] if cap is not None else [ts, None, None]
+            cap_scope = SCOPE_ALL if event.channel is None else scope[0]
+            if _set_fact(state.customer_caps, cap_scope, fact):
+                affected.update(scope)
+        if "quiet_hours" in prefs:
+            hours = prefs["quiet_hours"]
+            for channel in scope:
+                _set_fact(state.quiet, channel, [ts, *hours] if hours is not None else [ts, None, None])
+        if "timezone" in prefs and (state.timezone is None or ts >= state.timezone[0]):
+            state.timezone = [ts, prefs["timezone"]]
+        if affected:
+            lift_reason = "opt_in" if prefs.get("opt_out") is False else "customer_cap_changed"
+            now = state.watermark_ms
+            assert now is not None
+            channels = tuple(sorted(affected))
+            self._evaluate(state, channels, now, event.event_id, ts, step.decisions, lift_reason)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate_event(self, state: CustomerState, channels: tuple[int, ...], event: Event, step: Step) -> None:
+        now = state.watermark_ms
+        assert now is not None
+        self._evaluate(state, channels, now, event.event_id, event.ts_ms, step.decisions, "lifted")
+
+    def _evaluate(
+        self,
+        state: CustomerState,
+        channels: tuple[int, ...],
+        now: int,
+        cause_event_id: str,
+        cause_ms: int,
+        decisions: list[dict[str, Any]],
+        lift_reason: str,
+    ) -> None:
+        """Recompute the winning block of each channel at ``now`` and emit what changed."""
+        for channel in channels:
+            candidates = self._candidates(state, channel, now)
+            record = state.emitted[channel]
+            previous = record[1] if record is not None and _active(record[1]["until_ms"], now) else None
+            if not candidates:
+                if previous is not None:
+                    decisions.append(self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms))
+                state.emitted[channel] = None
+                continue
+            candidates.sort(key=_Candidate.sort_key)
+            winner = candidates[0]
+            if (
+                previous is not None
+                and previous["until_ms"] == winner.until_ms
+                and previous["rule_id"] == winner.rule_id
+                and previous["reason"] == winner.reason
+            ):
+                continue
+            decision = self._block(state, channel, winner, candidates, now, cause_event_id, cause_ms)
+            since = record[0] if previous is not None and record is not None else cause_ms
+            state.emitted[channel] = [since, decision]
+            decisions.append(decision)
+
+    def _candidates(self, state: CustomerState, channel: int, now: int) -> list[_Candidate]:
+        """Every block in force on ``channel`` at ``now``, each with its exact end."""
+        policy = self.policy
+        found: list[_Candidate] = []
+        opt_out = state.opt_outs[channel]
+        if opt_out is not None and opt_out[1]:
+            source = opt_out[2]
+            found.append(
+                _Candidate(
+                    None,
+                    0,
+                    _OPT_OUT_REASONS[source],
+                    f"opt_out.{source}",
+                    _opt_out_text(source, CHANNELS[channel]),
+                    {"opted_out_at": format_ms(opt_out[0]), "source": source},
+                )
+            )
+        complaint = policy.complaint
+        if complaint is not None:
+            for other in ALL_CHANNEL_INDEXES:
+                at = state.complaints[other]
+                if at is None:
+                    continue
+                same = other == channel
+                until = at + (complaint.channel_block_ms if same else complaint.other_channels_block_ms)
+                if until > now:
+                    found.append(
+                        _Candidate(
+                            until,
+                            1,
+                            "complaint",
+                            f"{complaint.rule_id}.{'channel' if same else 'other_channels'}",
+                            complaint.text(CHANNELS[other], CHANNELS[channel]),
+                            {"complaint_at": format_ms(at), "complaint_channel": CHANNELS[other]},
+                        )
+                    )
+        for scope in (channel, SCOPE_ALL):
+            cap = state.customer_caps[scope]
+            if cap is not None and cap[1] is not None:
+                candidate = self._customer_cap(state, scope, cap, now)
+                if candidate is not None:
+                    found.append(candidate)
+        if channel == CALL:
+            self._call_candidates(state, now, found)
+        elif channel == EMAIL:
+            block = state.unread_block
+            unread = policy.unread
+            if block is not None and block[1] > now:
+                found.append(
+                    _Candidate(
+                        block[1],
+                        5,
+                        "unread",
+                        unread.rule_id if unread else "unread",
+                        unread.text if unread else "email: unread in a row",
+                        {"streak": block[3], "last_deadline": format_ms(block[0]), "email_event_id": block[2]},
+                    )
+                )
+        for rule in self._global_caps:
+            candidate = self._cap_candidate(rule, state.logs, now, 6, "global_cap")
+            if candidate is not None:
+                found.append(candidate)
+        for rule in self._channel_caps[channel]:
+            candidate = self._cap_candidate(rule, (state.logs[channel],), now, 7, "cap")
+            if candidate is not None:
+                found.append(candidate)
+        return found
+
+    def _call_candidates(self, state: CustomerState, now: int, found: list[_Candidate]) -> None:
+        hangups = state.hangups
+        for rule in self.policy.hangup_rules:
+            # the latest qualifying hang-up gives the latest end, so walk back from the newest
+            for index in range(len(hangups) - 1, -1, -1):
+                at = hangups[index]
+                until = at + rule.block_ms
+                if until <= now:
+                    break
+                count = index + 1 - bisect_right(hangups, at - rule.window_ms, 0, index + 1)
+                if count >= rule.count:
+                    window = hangups[bisect_right(hangups, at - rule.window_ms) : index + 1]
+                    found.append(
+                        _Candidate(
+                            until,
+                            3,
+                            "short_hangups",
+                            rule.rule_id,
+                            rule.text,
+                            {
+                                "count": count,
+                                "window": format_duration(rule.window_ms),
+                                "hangups": [format_ms(ms) for ms in window[-_MAX_EVIDENCE_TIMESTAMPS:]],
+                            },
+                        )
+                    )
+                    break
+        conversation = self.policy.conversation
+        if conversation is not None and state.conversation_ms is not None:
+            until = state.conversation_ms + conversation.block_ms
+            if until > now:
+                found.append(
+                    _Candidate(
+                        until,
+                        4,
+                        "conversation",
+                        conversation.rule_id,
+                        conversation.text,
+                        {"conversation_at": format_ms(state.conversation_ms)},
+                    )
+                )
+
+    def _cap_candidate(
+        self, rule: CapRule, logs: tuple[list[int], ...] | list[list[int]], now: int, order: int, reason: str
+    ) -> _Candidate | None:
+        return _window_candidate(logs, now, rule.window_ms, rule.limit, order, reason, rule.rule_id, rule.text, {})
+
+    def _customer_cap(self, state: CustomerState, scope: int, cap: list[Any], now: int) -> _Candidate | None:
+        set_at, limit, window_ms = cap
+        name = "all channels" if scope == SCOPE_ALL else CHANNELS[scope]
+        text = f"customer: {name} <= {limit} per {format_duration(window_ms)}"
+        rule_id = f"customer_cap.{'all' if scope == SCOPE_ALL else CHANNELS[scope]}"
+        extra = {"preference_at": format_ms(set_at)}
+        if limit == 0:
+            return _Candidate(None, 2, "customer_cap", rule_id, text, extra)
+        logs = state.logs if scope == SCOPE_ALL else (state.logs[scope],)
+        return _window_candidate(logs, now, window_ms, limit, 2, "customer_cap", rule_id, text, extra)
+
+    def _cross_channel_cap_reached(self, state: CustomerState, now: int) -> bool:
+        limits = [(rule.window_ms, rule.limit) for rule in self._global_caps]
+        cap = state.customer_caps[SCOPE_ALL]
+        if cap is not None and cap[1] is not None:
+            limits.append((cap[2], cap[1]))
+        for window_ms, limit in limits:
+            start = now - window_ms
+            if sum(len(log) - bisect_right(log, start) for log in state.logs) >= limit:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ unread deadlines
+
+    def _finalize_deadlines(self, state: CustomerState, before_ms: int, decisions: list[dict[str, Any]]) -> None:
+        """Settle pending emails in deadline order: opened ones reset the streak, expired ones extend it."""
+        unread = self.policy.unread
+        pending = state.pending
+        while pending and (pending[0][2] or pending[0][0] < before_ms):
+            deadline, contact_event_id, opened = pending.pop(0)
+            if opened:
+                state.streak = 0
+                continue
+            state.streak += 1
+            if unread is not None and state.streak >= unread.streak:
+                state.unread_block = [deadline, deadline + unread.block_ms, contact_event_id, state.streak]
+                self._evaluate(state, (EMAIL,), deadline, contact_event_id, deadline, decisions, "lifted")
+
+    # ------------------------------------------------------------------ violations
+
+    def _check_violations(
+        self, state: CustomerState, event: Event, channel: int, violations: list[dict[str, Any]]
+    ) -> None:
+        ts = event.ts_ms
+        record = state.emitted[channel]
+        if record is not None:
+            since, decision = record
+            if since <= ts and _active(decision["until_ms"], ts):
+                violations.append(
+                    self._violation(event, "blocked", decision["reason"], decision["rule_id"], decision["until"])
+                )
+        quiet = self._quiet_rule_at(state, channel, ts)
+        if quiet is not None:
+            violations.append(self._violation(event, "quiet_hours", "quiet_hours", quiet, None))
+
+    def _quiet_rule_at(self, state: CustomerState, channel: int, ts: int) -> str | None:
+        """The quiet-hours rule id that ``ts`` falls in for this customer and channel, if any."""
+        ranges: list[tuple[int, int, str]] = []
+        own = state.quiet[channel]
+        if own is not None and own[1] is not None:
+            ranges.append((own[1], own[2], "customer.quiet_hours"))
+        rule = self.policy.quiet_hours
+        if rule is not None and CHANNELS[channel] in rule.channels:
+            ranges.append((rule.start_minute, rule.end_minute, rule.rule_id))
+        if not ranges:
+            return None
+        zone_name = state.timezone[1] if state.timezone is not None and state.timezone[1] else None
+        local = datetime.fromtimestamp(ts / 1000, ZoneInfo(zone_name or self.policy.default_timezone))
+        minute = local.hour * 60 + local.minute
+        for start, end, rule_id in ranges:
+            # start == end is an empty range; start > end wraps midnight (21:00-08:00)
+            inside = start <= minute < end if start <= end else (minute >= start or minute < end)
+            if inside:
+                return rule_id
+        return None
+
+    def _violation(self, event: Event, kind: str, reason: str, rule_id: str, until: str | None) -> dict[str, Any]:
+        return {
+            "customer_id": event.customer_id,
+            "channel": event.channel,
+            "kind": kind,
+            "reason": reason,
+            "rule_id": rule_id,
+            "until": until,
+            "sender": event.sender,
+            "campaign": event.campaign,
+            "category": event.category,
+            "event_id": event.event_id,
+            "ts": format_ms(event.ts_ms),
+            "policy_version": self.policy.version,
+        }
+
+    # ------------------------------------------------------------------ decisions
+
+    def _block(
+        self,
+        state: CustomerState,
+        channel: int,
+        winner: _Candidate,
+        candidates: list[_Candidate],
+        now: int,
+        cause_event_id: str,
+        cause_ms: int,
+    ) -> dict[str, Any]:
+        decision: dict[str, Any] = {
+            "customer_id": state.customer_id,
+            "channel": CHANNELS[channel],
+            "action": "block",
+            "reason": winner.reason,
+            "rule": winner.rule,
+            "rule_id": winner.rule_id,
+            "until": format_optional_ms(winner.until_ms),
+            "until_ms": winner.until_ms,
+            "evidence": {
+                "rules": [
+                    {
+                        "rule_id": candidate.rule_id,
+                        "reason": candidate.reason,
+                        "rule": candidate.rule,
+                        "until": format_optional_ms(candidate.until_ms),
+                        **candidate.evidence,
+                    }
+                    for candidate in candidates
+                ]
+            },
+            "policy_version": self.policy.version,
+            "decided_at": format_ms(cause_ms),
+            "decided_at_ms": cause_ms,
+            "cause_event_id": cause_event_id,
+        }
+        if winner.reason in _NEGATIVE_REACTIONS and self._suggests(winner.reason):
+            decision["suggest"] = self._suggest(state, channel, now)
+        return decision
+
+    def _allow(
+        self,
+        state: CustomerState,
+        channel: int,
+        previous: dict[str, Any],
+        reason: str,
+        cause_event_id: str,
+        cause_ms: int,
+    ) -> dict[str, Any]:
+        return {
+            "customer_id": state.customer_id,
+            "channel": CHANNELS[channel],
+            "action": "allow",
+            "reason": reason,
+            "rule": f"lifts: {previous['rule']}",
+            "rule_id": previous["rule_id"],
+            "until": None,
+            "until_ms": None,
+            "evidence": {"lifted_reason": previous["reason"], "lifted_until": previous["until"]},
+            "policy_version": self.policy.version,
+            "decided_at": format_ms(cause_ms),
+            "decided_at_ms": cause_ms,
+            "cause_event_id": cause_event_id,
+        }
+
+    def _suggests(self, reason: str) -> bool:
+        return self.policy.hangup_suggest if reason == "short_hangups" else self.policy.unread_suggest
+
+    def _suggest(self, state: CustomerState, blocked: int, now: int) -> str | None:
+        """The open channel with the lowest cap pressure (count / limit); ties go to the less intrusive one."""
+        best: tuple[float, int] | None = None
+        for channel in ALL_CHANNEL_INDEXES:
+            if channel == blocked:
+                continue
+            record = state.emitted[channel]
+            if record is not None and _active(record[1]["until_ms"], now):
+                continue
+            pressure = 0.0
+            for rule in self._channel_caps[channel]:
+                log = state.logs[channel]
+                count = len(log) - bisect_right(log, now - rule.window_ms)
+                pressure = max(pressure, count / rule.limit)
+            if best is None or pressure < best[0]:
+                best = (pressure, channel)
+        return CHANNELS[best[1]] if best is not None else None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _remember_id(self, state: CustomerState, id_hash: int, ts: int) -> None:
+        ids = state.ids
+        ids[id_hash] = ts
+        if len(ids) > self.policy.max_event_ids:
+            del ids[next(iter(ids))]
+            state.trimmed += 1
+
+    def _trim(self, state: CustomerState, now: int) -> None:
+        """Drop what no rule can need any more once event time reaches ``now``."""
+        retention = self._retention_ms
+        for cap in state.customer_caps:
+            if cap is not None and cap[2] is not None and cap[2] > retention:
+                retention = cap[2]
+        cutoff = now - retention
+        for log in state.logs:
+            if log and log[0] <= cutoff:
+                del log[: bisect_right(log, cutoff)]
+        hangups = state.hangups
+        if hangups and hangups[0] <= now - self._hangup_retention_ms:
+            del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
+        ids = state.ids
+        id_cutoff = now - self.policy.late_grace_ms
+        while ids:
+            oldest = next(iter(ids))
+            if ids[oldest] >= id_cutoff:
+                break
+            del ids[oldest]
+        complaints = state.complaints
+        for index, at in enumerate(complaints):
+            if at is not None and at + self._complaint_retention_ms <= now:
+                complaints[index] = None
+        conversation = self.policy.conversation
+        if state.conversation_ms is not None and (
+            conversation is None or state.conversation_ms + conversation.block_ms <= now
+        ):
+            state.conversation_ms = None
+        if state.unread_block is not None and state.unread_block[1] <= now:
+            state.unread_block = None
+        emitted = state.emitted
+        for index, record in enumerate(emitted):
+            if record is not None and not _active(record[1]["until_ms"], now):
+                emitted[index] = None
+
+
+def _window_candidate(
+    logs: tuple[list[int], ...] | list[list[int]],
+    now: int,
+    window_ms: int,
+    limit: int,
+    order: int,
+    reason: str,
+    rule_id: str,
+    text: str,
+    extra: dict[str, Any],
+) -> _Candidate | None:
+    """Exact sliding window ``(now - window, now]``: blocked while ``limit`` or more contacts are inside it.
+
+    The block ends when enough of the oldest contacts have left the window for the count to drop below the limit:
+    at ``window[count - limit] + window_ms``, i.e. the oldest of the ``limit`` newest contacts plus the window.
+    """
+    start = now - window_ms
+    if len(logs) == 1:
+        log = logs[0]
+        first = bisect_right(log, start)
+        count = len(log) - first
+        if count < limit:
+            return None
+        inside = log[first:]
+    else:
+        tails = [log[bisect_right(log, start) :] for log in logs]
+        count = sum(len(tail) for tail in tails)
+        if count < limit:
+            return None
+        inside = list(merge(*tails))
+    oldest_of_limit = inside[count - limit]
+    until = oldest_of_limit + window_ms
+    evidence = {
+        **extra,
+        "count": count,
+        "limit": limit,
+        "window": format_duration(window_ms),
+        "window_start": format_ms(start),
+        "contacts": [format_ms(ms) for ms in inside[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :]],
+    }
+    return _Candidate(until, order, reason, rule_id, text, evidence)
+
+
+def _active(until_ms: int | None, at: int) -> bool:
+    return until_ms is None or until_ms > at
+
+
+def _set_fact(facts: list[list[Any] | None], index: int, fact: list[Any]) -> bool:
+    """Latest by event time wins (ties: the later arrival). True when the fact changed."""
+    current = facts[index]
+    if current is not None and fact[0] < current[0]:
+        return False
+    if current is not None and current[1:] == fact[1:]:
+        facts[index] = fact if fact[0] > current[0] else current
+        return False
+    facts[index] = fact
+    return True
+
+
+def _opt_out_text(source: str, channel: str) -> str:
+    if source == "unsubscribe":
+        return f"customer unsubscribed from {channel}"
+    if source == "sms_stop":
+        return "customer replied STOP to an SMS"
+    return f"customer opted out of {channel}"
+
+
+def _reject(event: Event, reason: str, detail: str) -> Rejection:
+    return Rejection(reason, detail, event.event_id, event.customer_id)
+
+
+_HANDLERS = {
+    "contact": Guard._on_contact,
+    "call_ended": Guard._on_call_ended,
+    "email_opened": Guard._on_email_opened,
+    "unsubscribe": Guard._on_unsubscribe,
+    "complaint": Guard._on_complaint,
+    "sms_stop": Guard._on_sms_stop,
+    "preference": Guard._on_preference,
+}

@@ -1,0 +1,136 @@
+"""Per-customer state: raw, trimmed facts (never pre-aggregated counts), serialised compactly with orjson.
+
+Keeping raw timestamps serves every window length from one sorted log, gives the exact instant a block ends and
+survives a policy change without a migration. Everything is bounded: entries older than the longest window are
+trimmed as event time advances, and hot keys are capped with a counter of what was dropped (``trimmed``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+# Scopes for customer caps: one per channel (index as in events.CHANNELS) plus all channels together.
+SCOPE_ALL = 3
+
+# Fact layouts (lists, so they serialise as short JSON arrays):
+#   opt_out:       [ts_ms, opted_out: bool, source: "unsubscribe" | "sms_stop" | "opt_out"]
+#   customer cap:  [ts_ms, count | None, window_ms | None]      (None: cleared by the customer)
+#   quiet hours:   [ts_ms, start_minute | None, end_minute | None]
+#   timezone:      [ts_ms, name | None]
+#   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
+#   unread block:  [since_ms, until_ms, cause_event_id, streak]
+#   emitted:       [blocked_since_ms, decision]                  (the last block decision sent for a channel)
+
+
+class CustomerState:
+    """Everything the guard remembers about one pseudonymous customer."""
+
+    __slots__ = (
+        "complaints",
+        "conversation_ms",
+        "customer_caps",
+        "customer_id",
+        "emitted",
+        "hangups",
+        "ids",
+        "logs",
+        "opt_outs",
+        "pending",
+        "quiet",
+        "streak",
+        "timezone",
+        "trimmed",
+        "unread_block",
+        "watermark_ms",
+    )
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        self.watermark_ms: int | None = None
+        self.logs: list[list[int]] = [[], [], []]
+        self.ids: dict[int, int] = {}
+        self.hangups: list[int] = []
+        self.conversation_ms: int | None = None
+        self.complaints: list[int | None] = [None, None, None]
+        self.opt_outs: list[list[Any] | None] = [None, None, None]
+        self.customer_caps: list[list[Any] | None] = [None, None, None, None]
+        self.quiet: list[list[Any] | None] = [None, None, None]
+        self.timezone: list[Any] | None = None
+        self.pending: list[list[Any]] = []
+        self.streak = 0
+        self.unread_block: list[Any] | None = None
+        self.emitted: list[list[Any] | None] = [None, None, None]
+        self.trimmed = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A compact dict: empty parts are left out."""
+        out: dict[str, Any] = {"c": self.customer_id, "w": self.watermark_ms}
+        if any(self.logs):
+            out["l"] = self.logs
+        if self.ids:
+            out["i"] = [value for pair in self.ids.items() for value in pair]
+        if self.hangups:
+            out["h"] = self.hangups
+        if self.conversation_ms is not None:
+            out["cv"] = self.conversation_ms
+        if any(item is not None for item in self.complaints):
+            out["cp"] = self.complaints
+        if any(item is not None for item in self.opt_outs):
+            out["o"] = self.opt_outs
+        if any(item is not None for item in self.customer_caps):
+            out["cc"] = self.customer_caps
+        if any(item is not None for item in self.quiet):
+            out["q"] = self.quiet
+        if self.timezone is not None:
+            out["tz"] = self.timezone
+        if self.pending:
+            out["p"] = self.pending
+        if self.streak:
+            out["s"] = self.streak
+        if self.unread_block is not None:
+            out["ub"] = self.unread_block
+        if any(item is not None for item in self.emitted):
+            out["e"] = self.emitted
+        if self.trimmed:
+            out["t"] = self.trimmed
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CustomerState:
+        state = cls(data["c"])
+        state.watermark_ms = data.get("w")
+        state.logs = data.get("l") or [[], [], []]
+        flat = data.get("i") or []
+        state.ids = dict(zip(flat[::2], flat[1::2], strict=True))
+        state.hangups = data.get("h") or []
+        state.conversation_ms = data.get("cv")
+        state.complaints = data.get("cp") or [None, None, None]
+        state.opt_outs = data.get("o") or [None, None, None]
+        state.customer_caps = data.get("cc") or [None, None, None, None]
+        state.quiet = data.get("q") or [None, None, None]
+        state.timezone = data.get("tz")
+        state.pending = data.get("p") or []
+        state.streak = data.get("s", 0)
+        state.unread_block = data.get("ub")
+        state.emitted = data.get("e") or [None, None, None]
+        state.trimmed = data.get("t", 0)
+        return state
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw))
+
+    def next_deadline_ms(self) -> int | None:
+        """The earliest pending unread deadline, for drivers that fire deadlines by timer."""
+        return self.pending[0][0] if self.pending else None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"CustomerState({self.to_dict()!r})"

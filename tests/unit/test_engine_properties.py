@@ -1,0 +1,196 @@
+"""Property tests: the engine's windows and ``until`` against a brute-force recount of the whole history.
+
+The oracle keeps every accepted contact forever and recounts each window from scratch after every event; the
+engine keeps trimmed, sorted logs and bisects. Histories include out-of-order events within the late grace,
+events beyond it (which both must reject), duplicates, and categories that do not count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fatigue.engine import Guard
+from fatigue.events import CHANNELS, Rejection, parse_event
+from fatigue.policy import CapRule, Policy
+from fatigue.state import CustomerState
+from fatigue.testing import DAY, HOUR, MINUTE, T0
+
+CAPS = (
+    CapRule("cap.sms.7d", "sms", 2, 7 * DAY),
+    CapRule("cap.sms.30d", "sms", 5, 30 * DAY),
+    CapRule("cap.email.7d", "email", 3, 7 * DAY),
+    CapRule("cap.email.30d", "email", 10, 30 * DAY),
+    CapRule("cap.call.1d", "call", 1, DAY),
+    CapRule("cap.call.7d", "call", 3, 7 * DAY),
+    CapRule("global_cap.7d", None, 6, 7 * DAY),
+)
+POLICY = Policy(version="prop", caps=CAPS)
+GRACE = POLICY.late_grace_ms
+
+
+@dataclass
+class Oracle:
+    contacts: list[tuple[int, str]] = field(default_factory=list)
+    watermark: int | None = None
+    seen: set[str] = field(default_factory=set)
+
+    def accepts(self, event_id: str, ts: int) -> str | None:
+        if event_id in self.seen:
+            return "duplicate"
+        if self.watermark is not None and ts < self.watermark - GRACE:
+            return "late"
+        return None
+
+    def winner(self, channel: str, now: int) -> tuple[int, str, int] | None:
+        """(until, rule_id, count) of the block in force on ``channel`` at ``now``, by full recount."""
+        best: tuple[int, int, str, int] | None = None
+        for order, rule in enumerate(CAPS):
+            if rule.channel not in (None, channel):
+                continue
+            inside = sorted(
+                ts for ts, ch in self.contacts if now - rule.window_ms < ts <= now and rule.channel in (None, ch)
+            )
+            if len(inside) < rule.limit:
+                continue
+            until = inside[len(inside) - rule.limit] + rule.window_ms
+            # the engine orders ties: global cap before channel caps, then policy order
+            rank = (0 if rule.channel is None else 1, order)
+            key = (-until, rank[0] * 100 + rank[1], rule.rule_id, len(inside))
+            if best is None or key[:2] < best[:2]:
+                best = key
+        return None if best is None else (-best[0], best[2], best[3])
+
+
+event_strategy = st.tuples(
+    st.integers(min_value=0, max_value=3 * DAY),  # how far the sender's clock moves on
+    st.sampled_from(CHANNELS),
+    st.sampled_from(("marketing", "marketing", "marketing", "service", "transactional")),
+    st.one_of(st.just(0), st.just(0), st.integers(min_value=0, max_value=30 * HOUR)),  # lateness
+    st.booleans(),  # re-send an earlier event id (duplicate)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(event_strategy, min_size=1, max_size=60))
+def test_caps_match_a_brute_force_recount(history):
+    guard = Guard(POLICY)
+    oracle = Oracle()
+    state: CustomerState | None = None
+    clock = T0
+    sent: list[tuple[str, int, str, str]] = []
+    for index, (advance, channel, category, lateness, resend) in enumerate(history):
+        clock += advance
+        if resend and sent:
+            # a redelivery: the very same event again
+            event_id, ts, channel, category = sent[index // 2] if index // 2 < len(sent) else sent[-1]
+        else:
+            event_id, ts = f"e{index}", clock - lateness
+        sent.append((event_id, ts, channel, category))
+        raw = orjson.dumps(
+            {
+                "type": "contact",
+                "event_id": event_id,
+                "customer_id": "c",
+                "ts": ts,
+                "channel": channel,
+                "category": category,
+            }
+        )
+        event = parse_event(raw)
+        assert not isinstance(event, Rejection)
+        expected_rejection = oracle.accepts(event_id, ts)
+        in_order = oracle.watermark is None or ts >= oracle.watermark
+        expected_violation = False
+        if expected_rejection is None and category == "marketing" and in_order:
+            expected_violation = oracle.winner(channel, ts) is not None
+        step = guard.process(state, event)
+        state = step.state
+        if expected_rejection is not None:
+            assert step.rejection is not None
+            # ids are remembered for the late grace: an older redelivery is refused as late instead
+            assert step.rejection.reason in ({expected_rejection, "late"} if expected_rejection else set())
+            continue
+        assert step.rejection is None
+        oracle.seen.add(event_id)
+        oracle.watermark = ts if oracle.watermark is None else max(oracle.watermark, ts)
+        if category == "marketing":
+            oracle.contacts.append((ts, channel))
+        if in_order:
+            assert bool(step.violations) == expected_violation
+        assert state is not None
+        now = oracle.watermark
+        current = {d["channel"]: d for d in guard.current_decisions(state)}
+        for name in CHANNELS:
+            expected = oracle.winner(name, now)
+            got = current.get(name)
+            if expected is None:
+                assert got is None, (name, got)
+                continue
+            assert got is not None, (name, expected)
+            assert (got["until_ms"], got["rule_id"]) == expected[:2]
+            evidence = {rule["rule_id"]: rule for rule in got["evidence"]["rules"]}
+            # a decision emitted earlier keeps the counts of its moment; the winner's count can only grow since
+            assert evidence[expected[1]]["count"] <= expected[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event_strategy, min_size=1, max_size=40))
+def test_decisions_change_whenever_emitted_and_state_round_trips(history):
+    guard = Guard(POLICY)
+    state: CustomerState | None = None
+    clock = T0
+    last: dict[str, tuple[object, ...]] = {}
+    for index, (advance, channel, category, lateness, _) in enumerate(history):
+        clock += advance
+        raw = orjson.dumps(
+            {
+                "type": "contact",
+                "event_id": f"e{index}",
+                "customer_id": "c",
+                "ts": clock - lateness,
+                "channel": channel,
+                "category": category,
+            }
+        )
+        event = parse_event(raw)
+        assert not isinstance(event, Rejection)
+        step = guard.process(state, event)
+        for decision in step.decisions:
+            key = (decision["action"], decision["reason"], decision["rule_id"], decision["until_ms"])
+            previous = last.get(decision["channel"])
+            still_active = previous is not None and (previous[3] is None or previous[3] > decision["decided_at_ms"])
+            assert not (still_active and previous == key), "emitted a decision that did not change"
+            last[decision["channel"]] = key
+        if step.state is not None:
+            # a state restored from its bytes behaves exactly like the live one
+            restored = CustomerState.from_bytes(step.state.to_bytes())
+            assert restored == step.state
+            state = restored
+
+
+def test_hot_customer_state_stays_bounded():
+    guard = Guard(POLICY)
+    state: CustomerState | None = None
+    for index in range(5_000):
+        raw = orjson.dumps(
+            {
+                "type": "contact",
+                "event_id": f"e{index}",
+                "customer_id": "hot",
+                "ts": T0 + index * MINUTE,
+                "channel": CHANNELS[index % 3],
+            }
+        )
+        event = parse_event(raw)
+        assert not isinstance(event, Rejection)
+        state = guard.process(state, event).state
+    assert state is not None
+    assert all(len(log) <= POLICY.max_contacts_per_channel for log in state.logs)
+    assert len(state.ids) <= POLICY.max_event_ids
+    assert state.trimmed > 0
+    # bounded by the policy: 3 x 256 contact timestamps and 512 remembered ids, whatever the traffic
+    assert len(state.to_bytes()) < 40_000

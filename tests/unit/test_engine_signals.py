@@ -1,0 +1,186 @@
+"""Negative-reaction signals of the default policy: short hang-ups, unread mail, complaints."""
+
+from __future__ import annotations
+
+from fatigue.testing import DAY, HOUR, Scenario, at
+from fatigue.timeutil import format_ms
+
+
+def test_one_short_hangup_blocks_calls_for_3d_from_the_hangup():
+    #  day 2: call (cap 1 per 1d until day 3), hang-up after 12 s -> calls blocked until day 5
+    s = Scenario()
+    s.contact(at(2), "call", event_id="call-1")
+    [decision] = s.call_ended(at(2, seconds=20), duration_s=12, ref="call-1").decisions
+    assert decision["channel"] == "call"
+    assert decision["reason"] == "short_hangups"
+    assert decision["rule_id"] == "short_hangups.1_in_7d"
+    assert decision["until"] == format_ms(at(5, seconds=20))
+    assert decision["evidence"]["rules"][0]["hangups"] == [format_ms(at(2, seconds=20))]
+    assert decision["suggest"] == "email"
+
+
+def test_second_short_hangup_within_30d_blocks_calls_for_30d():
+    s = Scenario()
+    s.call_ended(at(0), duration_s=5)
+    [decision] = s.call_ended(at(29), duration_s=29.9).decisions
+    assert decision["reason"] == "short_hangups"
+    assert decision["rule_id"] == "short_hangups.2_in_30d"
+    assert decision["until"] == format_ms(at(59))
+    fired = {rule["rule_id"] for rule in decision["evidence"]["rules"]}
+    assert fired == {"short_hangups.1_in_7d", "short_hangups.2_in_30d"}
+
+
+def test_second_hangup_exactly_30d_later_is_outside_the_window():
+    s = Scenario()
+    s.call_ended(at(0), duration_s=5)
+    [decision] = s.call_ended(at(30), duration_s=5).decisions
+    assert decision["rule_id"] == "short_hangups.1_in_7d"
+    assert decision["until"] == format_ms(at(33))
+
+
+def test_thirty_seconds_is_not_a_short_hangup_and_unanswered_calls_never_are():
+    s = Scenario()
+    assert s.call_ended(at(0), duration_s=30).decisions == []
+    assert s.call_ended(at(1), duration_s=2, answered=False).decisions == []
+    assert s.call_ended(at(2), duration_s=0, answered=False).decisions == []
+    assert s.state is not None and s.state.hangups == []
+
+
+def test_suggest_prefers_the_least_pressured_open_channel():
+    s = Scenario()
+    s.contact(at(0), "email")
+    s.contact(at(0, hours=1), "email")  # email at 2/3 of its 7d cap
+    s.contact(at(0, hours=2), "sms")  # sms at 1/2
+    [decision] = s.call_ended(at(0, hours=3), duration_s=3).decisions
+    # pressure = count / limit of the tightest cap: email 2/3, sms 1/2
+    assert decision["suggest"] == "sms"
+    s.contact(at(0, hours=4), "sms")  # sms now blocked (2 per 7d): email is the only open channel
+    [again] = s.call_ended(at(0, hours=5), duration_s=3).decisions
+    assert again["suggest"] == "email"
+
+
+def test_suggest_skips_blocked_channels_and_is_null_when_none_is_open():
+    s = Scenario()
+    s.unsubscribe(at(0), "email")
+    s.sms_stop(at(0, hours=1))
+    [decision] = s.call_ended(at(1), duration_s=3).decisions
+    assert decision["suggest"] is None
+
+
+def _unread_emails(s: Scenario, count: int, first_day: float = 0, spacing_days: float = 4) -> list[int]:
+    """Marketing emails spaced so the email caps never fire; returns their deadlines (send + 72h)."""
+    deadlines = []
+    for index in range(count):
+        ts = at(first_day + index * spacing_days)
+        s.contact(ts, "email", event_id=f"mail-{index}")
+        deadlines.append(ts + 72 * HOUR)
+    return deadlines
+
+
+def test_five_unread_in_a_row_block_email_30d_from_the_fifth_deadline():
+    #  mails at day 0, 4, 8, 12, 16; each deadline is send + 72h; the fifth deadline is day 19
+    s = Scenario()
+    deadlines = _unread_emails(s, 5)
+    assert s.decisions == []
+    s.advance(deadlines[4])  # exactly at the deadline: an open could still count
+    assert s.decisions == []
+    s.advance(deadlines[4] + 1)
+    [decision] = s.decisions
+    assert decision["channel"] == "email"
+    assert decision["reason"] == "unread"
+    assert decision["rule_id"] == "unread.5_in_a_row"
+    assert decision["until"] == format_ms(deadlines[4] + 30 * DAY)
+    assert decision["decided_at"] == format_ms(deadlines[4])
+    assert decision["cause_event_id"] == "mail-4"
+    assert decision["suggest"] in ("sms", "call")
+
+
+def test_unread_deadline_fires_when_a_later_event_passes_it_with_the_same_content():
+    by_event = Scenario()
+    deadlines = _unread_emails(by_event, 5)
+    by_event.contact(deadlines[4] + HOUR, "sms")
+    by_timer = Scenario()
+    _unread_emails(by_timer, 5)
+    by_timer.advance(deadlines[4] + 5 * DAY)
+    unread_by_event = [d for d in by_event.decisions if d["reason"] == "unread"]
+    assert unread_by_event == by_timer.decisions
+
+
+def test_a_human_open_resets_the_streak():
+    s = Scenario()
+    _unread_emails(s, 3)
+    s.opened(at(8, hours=5), ref="mail-2")
+    _unread_emails_from = [at(12 + 4 * i) for i in range(4)]
+    for index, ts in enumerate(_unread_emails_from):
+        s.contact(ts, "email", event_id=f"later-{index}")
+    s.advance(_unread_emails_from[-1] + 72 * HOUR + 1)
+    # 2 unread, 1 read, 4 unread: never five in a row
+    assert [d for d in s.decisions if d["reason"] == "unread"] == []
+    assert s.state is not None and s.state.streak == 4
+
+
+def test_machine_opens_and_opens_after_the_deadline_are_not_reads():
+    s = Scenario()
+    deadlines = _unread_emails(s, 5)
+    s.opened(at(0, hours=1), ref="mail-0", machine=True)
+    s.opened(deadlines[1] + 1, ref="mail-1")  # one ms too late... but the deadline already settled it
+    s.advance(deadlines[4] + 1)
+    assert [d["reason"] for d in s.decisions] == ["unread"]
+
+
+def test_open_exactly_at_the_deadline_counts():
+    s = Scenario()
+    deadlines = _unread_emails(s, 5)
+    s.opened(deadlines[4], ref="mail-4")
+    s.advance(deadlines[4] + DAY)
+    assert s.decisions == []
+
+
+def test_unread_streak_continues_past_five_and_extends_the_block():
+    s = Scenario()
+    deadlines = _unread_emails(s, 6)
+    s.advance(deadlines[5] + 1)
+    assert [d["until"] for d in s.decisions if d["reason"] == "unread"] == [
+        format_ms(deadlines[4] + 30 * DAY),
+        format_ms(deadlines[5] + 30 * DAY),
+    ]
+
+
+def test_only_marketing_email_is_tracked_for_unread():
+    s = Scenario()
+    for index in range(6):
+        s.contact(at(index * 4), "email", category="service")
+    s.advance(at(40))
+    assert s.decisions == []
+
+
+def test_complaint_blocks_its_channel_180d_and_every_other_channel_7d():
+    s = Scenario()
+    step = s.complaint(at(3), "sms")
+    by_channel = {d["channel"]: d for d in step.decisions}
+    assert by_channel["sms"]["until"] == format_ms(at(183))
+    assert by_channel["email"]["until"] == format_ms(at(10))
+    assert by_channel["call"]["until"] == format_ms(at(10))
+    assert {d["reason"] for d in step.decisions} == {"complaint"}
+    assert by_channel["sms"]["rule_id"] == "complaint.channel"
+    assert by_channel["email"]["rule_id"] == "complaint.other_channels"
+    assert by_channel["email"]["evidence"]["rules"][0]["complaint_channel"] == "sms"
+
+
+def test_hangup_block_shorter_than_an_active_complaint_changes_nothing():
+    s = Scenario()
+    s.complaint(at(0), "call")
+    assert s.call_ended(at(1), duration_s=3).decisions == []
+
+
+def test_hangup_threshold_is_policy(tmp_path):
+    from fatigue.policy import load_policy
+
+    path = tmp_path / "p.toml"
+    path.write_text(
+        'version = "t"\n[short_hangups]\nthreshold = "10s"\n'
+        '[[short_hangups.rules]]\nid = "h"\ncount = 1\nwindow = "7d"\nblock = "1d"\n'
+    )
+    s = Scenario(load_policy(path))
+    assert s.call_ended(at(0), duration_s=10).decisions == []
+    assert s.call_ended(at(1), duration_s=9.5).decisions[0]["until"] == format_ms(at(2))
