@@ -1,0 +1,91 @@
+# Developer entry points. `make test` is the single command CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Inside the venv on purpose: a deleted or recreated venv must trigger a reinstall.
+STAMP := $(VENV)/.fatigue-guard-installed
+STACK := deploy/local/stack.sh
+PYTEST_ARGS ?=
+WORKER_ARGS ?=
+
+.PHONY: help venv stack-up stack-down stack-status stack-reset lint test run clean
+
+help:
+	@echo "make venv          create $(VENV) (Python >= 3.11) and install the project with test extras"
+	@echo "make stack-up      start the local Kafka 4 + Redis stack ($(STACK) up)"
+	@echo "make stack-status  show whether the stack runs and answers"
+	@echo "make stack-down    stop the stack (only the processes it started)"
+	@echo "make stack-reset   stop the stack and wipe its Kafka/Redis data (jars are kept)"
+	@echo "make lint          ruff + mypy"
+	@echo "make test          venv + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow; CI=1 stops the stack after)"
+	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
+	@echo "make clean         remove install stamp and tool caches (keeps $(VENV) and the Kafka jars in .cache/)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { \
+	  command -v $(PYTHON) >/dev/null || { echo "error: '$(PYTHON)' not found; fatigue-guard needs Python >= 3.11 (make venv PYTHON=...)" >&2; exit 1; }; \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	    { echo "error: fatigue-guard needs Python >= 3.11, '$(PYTHON)' is $$($(PYTHON) -V 2>&1); use e.g. make venv PYTHON=python3.12" >&2; exit 1; }; \
+	  echo "creating $(VENV) with $$($(PYTHON) -V)"; \
+	  $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: $(VENV) uses $$($(BIN)/python -V 2>&1); delete it and run make venv with PYTHON=python3.11+" >&2; exit 1; }
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+stack-reset:
+	@$(STACK) reset
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Every step runs even if an earlier one failed, so one CI run reports all problems. The exit code is
+# pytest's when pytest failed, else 1 when ruff/mypy failed. A stack that does not come up fails the
+# run before any test (the integration fixtures would fail too, never skip).
+test: venv
+	@rc=0; lint_rc=0; \
+	$(STACK) up || rc=$$?; \
+	if [ "$$rc" -eq 0 ]; then \
+	  eval "$$($(STACK) env)"; \
+	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
+	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
+	  echo "+ pytest $(PYTEST_ARGS)"; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	  if [ "$$rc" -eq 0 ]; then rc=$$lint_rc; fi; \
+	else \
+	  echo "error: the local stack did not start (exit $$rc); no tests were run" >&2; \
+	fi; \
+	if [ -n "$${CI:-}" ]; then $(STACK) down || true; fi; \
+	exit $$rc
+
+# Runs the guard worker against the local stack once `fatigue worker` exists; until then it only
+# reports the stack addresses. A worker CLI that exists but fails is shown, not hidden.
+run: venv stack-up
+	@eval "$$($(STACK) env)"; \
+	if help_out=$$($(BIN)/fatigue worker --help 2>&1); then \
+	  echo "+ fatigue worker $(WORKER_ARGS)  (FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL)"; \
+	  exec $(BIN)/fatigue worker $(WORKER_ARGS); \
+	else \
+	  echo "stack ready: FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL"; \
+	  echo "the guard worker is not available yet ('fatigue worker --help' failed: $$(printf '%s' "$$help_out" | tail -n 1))"; \
+	fi
+
+clean:
+	rm -f $(STAMP)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist
+	find . -path ./$(VENV) -prune -o -path ./.cache -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
