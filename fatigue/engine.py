@@ -122,8 +122,16 @@ class Guard:
         return [
             record[1]
             for record in state.emitted
-            if record is not None and _active(record[1]["until_ms"], at if at is not None else record[0])
+            if record is not None and _blocking(record[1], at if at is not None else record[0])
         ]
+
+    def latest_decisions(self, state: CustomerState) -> list[dict[str, Any]]:
+        """The last decision emitted per channel (a block, or a recent allow), as remembered in the state.
+
+        After a crash the state can be ahead of the decisions topic; re-sending these on a redelivered event
+        repairs the topic and Redis idempotently, because a compacted topic only keeps the latest per key.
+        """
+        return [record[1] for record in state.emitted if record is not None]
 
     # ------------------------------------------------------------------ event handlers
 
@@ -247,11 +255,14 @@ class Guard:
         for channel in channels:
             candidates = self._candidates(state, channel, now)
             record = state.emitted[channel]
-            previous = record[1] if record is not None and _active(record[1]["until_ms"], now) else None
+            previous = record[1] if record is not None and _blocking(record[1], now) else None
             if not candidates:
                 if previous is not None:
-                    decisions.append(self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms))
-                state.emitted[channel] = None
+                    allow = self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms)
+                    decisions.append(allow)
+                    state.emitted[channel] = [cause_ms, allow]
+                elif record is not None and record[1]["action"] == "block":
+                    state.emitted[channel] = None  # expired: nothing to remember
                 continue
             candidates.sort(key=_Candidate.sort_key)
             winner = candidates[0]
@@ -429,7 +440,7 @@ class Guard:
         record = state.emitted[channel]
         if record is not None:
             since, decision = record
-            if since <= ts and _active(decision["until_ms"], ts):
+            if since <= ts and _blocking(decision, ts):
                 violations.append(
                     self._violation(event, "blocked", decision["reason"], decision["rule_id"], decision["until"])
                 )
@@ -551,7 +562,7 @@ class Guard:
             if channel == blocked:
                 continue
             record = state.emitted[channel]
-            if record is not None and _active(record[1]["until_ms"], now):
+            if record is not None and _blocking(record[1], now):
                 continue
             pressure = 0.0
             for rule in self._channel_caps[channel]:
@@ -603,8 +614,18 @@ class Guard:
         if state.unread_block is not None and state.unread_block[1] <= now:
             state.unread_block = None
         emitted = state.emitted
+        allow_cutoff = now - self.policy.late_grace_ms
         for index, record in enumerate(emitted):
-            if record is not None and not _active(record[1]["until_ms"], now):
+            if record is None:
+                continue
+            decision = record[1]
+            # an allow is kept only while a redelivery of its cause could still arrive (the late grace)
+            expired = (
+                decision["decided_at_ms"] < allow_cutoff
+                if decision["action"] == "allow"
+                else not _blocking(decision, now)
+            )
+            if expired:
                 emitted[index] = None
 
 
@@ -653,6 +674,11 @@ def _window_candidate(
 
 def _active(until_ms: int | None, at: int) -> bool:
     return until_ms is None or until_ms > at
+
+
+def _blocking(decision: dict[str, Any], at: int) -> bool:
+    """True when ``decision`` is a block still in force at ``at``."""
+    return decision["action"] == "block" and _active(decision["until_ms"], at)
 
 
 def _set_fact(facts: list[list[Any] | None], index: int, fact: list[Any]) -> bool:

@@ -220,3 +220,14 @@ def test_tcpa_quiet_hours_21_to_8_local_time(ts, channel, expected):
 def test_tcpa_uses_the_default_time_zone_without_a_preference():
     assert _tcpa_violations(at(0, hours=12), "call", timezone=None) == ["tcpa.quiet_hours"]  # 21:00 UTC
     assert _tcpa_violations(at(0, hours=11), "call", timezone=None) == []
+
+
+def test_latest_decisions_remember_a_recent_allow_for_redelivery_repair():
+    s = Scenario()
+    s.unsubscribe(at(0), "email")
+    [allow] = s.preference(at(1), channel="email", opt_out=False).decisions
+    assert s.state is not None
+    assert s.guard.latest_decisions(s.state) == [allow]
+    assert s.current("email") is None  # an allow is not a block in force
+    s.contact(at(2, hours=1), "sms")  # more than the late grace later: the allow is forgotten
+    assert s.guard.latest_decisions(s.state) == []
