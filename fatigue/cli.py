@@ -1,0 +1,125 @@
+"""The ``fatigue`` command line: ``replay`` (offline, pure core) and ``worker`` (the Faust guard)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from fatigue.engine import Guard
+from fatigue.policy import PolicyError, load_policy
+from fatigue.replay import Replay, file_size, read_lines, resolve_flush_at
+from fatigue.timeutil import parse_duration_ms
+
+DEFAULT_POLICY = Path("config/policies/default.toml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fatigue", description="Streaming contact-fatigue guard.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay an events file through the engine; decisions as JSON lines on stdout",
+        description="Replay contract events (JSON lines) through the decision engine, deterministically.",
+    )
+    replay.add_argument("events", help="events file, one JSON object per line ('-' for stdin)")
+    replay.add_argument("--policy", default=str(DEFAULT_POLICY), help="policy TOML file (default: %(default)s)")
+    replay.add_argument("-o", "--output", help="write decisions here instead of stdout")
+    replay.add_argument("--rejects", help="write rejected inputs (with reasons) here instead of stderr")
+    replay.add_argument("--violations", help="write sender violations here (JSON lines)")
+    replay.add_argument("--summary", action="store_true", help="print counts by reason and channel to stderr")
+    replay.add_argument(
+        "--flush-at",
+        default="end",
+        help="settle unread deadlines before this instant at the end: 'end' (newest event time, default), "
+        "'never', epoch ms or ISO-8601",
+    )
+    replay.add_argument(
+        "--partitions",
+        type=int,
+        help="mirror a worker on a topic with this many partitions: quiet customers' deadlines fire by partition "
+        "event time, as the worker fires them",
+    )
+    replay.add_argument(
+        "--deadline-settle",
+        default="1h",
+        help="with --partitions: how far partition event time must pass a deadline (default: %(default)s)",
+    )
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    worker = commands.add_parser("worker", help="run the streaming guard (Faust worker)", add_help=False)
+    worker.add_argument("args", nargs=argparse.REMAINDER)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # the worker parses its own options (streams.settings); pass them through untouched
+        return _worker(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "replay":
+        return _replay(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _worker(argv: list[str]) -> int:
+    from streams.worker import main as worker_main  # heavy imports only when running the worker
+
+    return worker_main(argv)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as error:
+        print(f"fatigue replay: invalid policy: {error}", file=sys.stderr)
+        return 2
+    try:
+        source: IO[bytes] = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")  # noqa: SIM115
+    except OSError as error:
+        print(f"fatigue replay: cannot read {args.events}: {error.strerror}", file=sys.stderr)
+        return 2
+    output = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    rejects = open(args.rejects, "wb") if args.rejects else sys.stderr.buffer  # noqa: SIM115
+    violations = open(args.violations, "wb") if args.violations else None  # noqa: SIM115
+    progress = not args.no_progress and sys.stderr.isatty() and (file_size(source) or 0) > 8_000_000
+    try:
+        settle_ms = parse_duration_ms(args.deadline_settle)
+    except ValueError as error:
+        print(f"fatigue replay: --deadline-settle: {error}", file=sys.stderr)
+        return 2
+    replay = Replay(Guard(policy), partitions=args.partitions, settle_ms=settle_ms)
+    dumps = orjson.dumps
+    try:
+        for line_number, raw in read_lines(source, file_size(source), progress):
+            step = replay.feed(raw)
+            for decision in step.decisions:
+                output.write(dumps(decision) + b"\n")
+            if step.rejection is not None:
+                record = step.rejection.to_dict()
+                record["line"] = line_number
+                rejects.write(dumps(record) + b"\n")
+            if violations is not None:
+                for violation in step.violations:
+                    violations.write(dumps(violation) + b"\n")
+        for decision in replay.finish(resolve_flush_at(args.flush_at, replay.newest_ms)):
+            output.write(dumps(decision) + b"\n")
+    except ValueError as error:
+        print(f"fatigue replay: {error}", file=sys.stderr)
+        return 2
+    finally:
+        output.flush()
+        rejects.flush()
+        for stream in (source, output, rejects, violations):
+            if stream is not None and stream not in (sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer):
+                stream.close()
+    if args.summary:
+        sys.stderr.write("\n".join(replay.stats.summary_lines()) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
