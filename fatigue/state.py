@@ -134,3 +134,31 @@ class CustomerState:
 
     def __repr__(self) -> str:
         return f"CustomerState({self.to_dict()!r})"
+
+
+def preferences_view(state: CustomerState) -> dict[str, Any]:
+    """What a pre-send check needs of a customer's own wishes: time zone, quiet hours, caps, opt-outs.
+
+    This is what goes to Redis at ``fatigue:prefs:{customer_id}``; it carries no personal data beyond the id.
+    """
+    channels = ("email", "sms", "call")
+    quiet = {
+        channel: {"start": f"{fact[1] // 60:02d}:{fact[1] % 60:02d}", "end": f"{fact[2] // 60:02d}:{fact[2] % 60:02d}"}
+        for channel, fact in zip(channels, state.quiet, strict=True)
+        if fact is not None and fact[1] is not None
+    }
+    caps = {
+        scope: {"count": fact[1], "window_ms": fact[2]}
+        for scope, fact in zip((*channels, "all"), state.customer_caps, strict=True)
+        if fact is not None and fact[1] is not None
+    }
+    opt_out = {
+        channel: fact[2] for channel, fact in zip(channels, state.opt_outs, strict=True) if fact is not None and fact[1]
+    }
+    return {
+        "customer_id": state.customer_id,
+        "timezone": state.timezone[1] if state.timezone is not None else None,
+        "quiet_hours": quiet,
+        "max_contacts": caps,
+        "opted_out": opt_out,
+    }

@@ -213,7 +213,9 @@ log.dirs=$KDATA
 
 num.partitions=1
 default.replication.factor=1
-auto.create.topics.enable=true
+# Topics are created explicitly with their partition counts: a metadata request (describe, a producer)
+# must never create a one-partition input topic that the state table could not be co-partitioned with.
+auto.create.topics.enable=false
 delete.topic.enable=true
 # Single node: internal topics cannot have more than one replica. Fewer partitions than the
 # default 50 make the first consumer group / transaction in a fresh cluster noticeably faster.

@@ -1,0 +1,358 @@
+"""The Faust app: one agent runs the core over the input topic; effects go to Kafka topics; Redis follows.
+
+Composition root: :func:`create_app` builds everything from :class:`Settings` (no import-time globals).
+
+- Input (``fatigue.events.v1``, keyed by customer_id) carries raw bytes; we decode them ourselves so a bad message
+  goes to the dead-letter topic with its reason instead of killing the agent.
+- Per-customer state is a Faust table on RocksDB (rocksdict) with a changelog, co-partitioned with the input.
+- Decisions go to the compacted ``fatigue.blocks.v1`` keyed ``{channel}:{customer_id}``; a second agent
+  materialises that topic into Redis, so a Redis outage only delays Redis and never the guard.
+- Every output is enqueued with ``send_soon`` in processing order, and Faust flushes the producer before it commits
+  input offsets: at-least-once, with idempotent effects (the core drops redelivered event ids).
+- Unread deadlines of quiet customers fire by partition event time (:class:`fatigue.clock.PartitionClock`); when
+  a partition goes quiet, a tick message routed through the same partition lets wall clock take over, and the
+  same tick tombstones expired blocks, all inside the agent so they are ordered with the partition's decisions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fatigue.clock import PartitionClock
+from fatigue.engine import Guard, Step
+from fatigue.events import CHANNELS, Rejection, parse_event
+from fatigue.policy import Policy
+from fatigue.state import CustomerState, preferences_view
+from streams.metrics import Metrics
+from streams.redis_view import RedisView, block_key, prefs_key
+from streams.settings import Settings
+
+log = logging.getLogger("fatigue.worker")
+
+CONTROL_HEADER = "fatigue-control"
+TICK = b"tick"
+TICK_KEY = b"\x00fatigue-tick"
+_FAUST_INTERNAL_PREFIX = b"__faust"
+
+
+class GuardService:
+    """Everything the agents do, as plain synchronous methods over one partition's messages."""
+
+    def __init__(self, settings: Settings, policy: Policy, app: faust.App, metrics: Metrics) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.guard = Guard(policy)
+        self.app = app
+        self.metrics = metrics
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.partitions}
+        self.events = app.topic(settings.events_topic, **raw)
+        self.decisions = app.topic(settings.decisions_topic, **raw)
+        self.prefs = app.topic(settings.prefs_topic, **raw)
+        self.dlq = app.topic(settings.dlq_topic, **raw)
+        self.violations = app.topic(settings.violations_topic, **raw)
+        self.table = app.Table(
+            "customer-state-v1",
+            default=None,
+            partitions=settings.partitions,
+            options={"block_cache_size": settings.rocksdb_block_cache_bytes},
+        )
+        # Faust derives table serializers from key/value *types* (json for plain bytes); our values are the
+        # core's own compact orjson bytes, so store and changelog must pass them through untouched.
+        self.table.key_serializer = "raw"
+        self.table.value_serializer = "raw"
+        self.clocks: dict[int, PartitionClock] = {}
+        self.expiries: dict[int, list[tuple[int, str, int]]] = {}
+        self.last_offset: dict[int, int] = {}
+        self.last_input: dict[int, float] = {}
+        self.tick_pending: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ input agent
+
+    def handle(self, event: faust.types.EventT[bytes]) -> None:
+        message = event.message
+        partition = message.partition
+        self.last_offset[partition] = message.offset
+        headers = dict(message.headers or ())
+        if headers.get(CONTROL_HEADER) == TICK:
+            self._on_tick(partition, int(message.value or b"0"))
+            return
+        self.last_input[partition] = time.monotonic()
+        self._ensure_indexed(partition)
+        raw = message.value if message.value is not None else b""
+        parsed = parse_event(raw, message.key, check_key=True, max_bytes=self.policy.max_event_bytes)
+        if isinstance(parsed, Rejection):
+            self._dead_letter(message, parsed)
+            return
+        key = message.key
+        assert key is not None
+        stored = self.table.get(key)
+        state = CustomerState.from_bytes(stored) if stored is not None else None
+        step = self.guard.process(state, parsed)
+        if step.rejection is not None:
+            self._dead_letter(message, step.rejection)
+            if step.rejection.reason == "duplicate" and step.state is not None:
+                # the state may be ahead of the decisions topic after a crash: re-send the latest, idempotently
+                for decision in self.guard.latest_decisions(step.state):
+                    self._send_decision(decision, partition)
+                    self.metrics.repaired.inc()
+            return
+        assert step.state is not None
+        self.metrics.events.labels(type=parsed.type, channel=parsed.channel or "all", category=parsed.category).inc()
+        self._commit(key, step, partition)
+        if parsed.type == "preference":
+            self.prefs.send_soon(key=key, value=orjson.dumps(preferences_view(step.state)))
+        clock = self._clock(partition)
+        clock.observe(step.state)
+        self.metrics.partition_event_time.labels(partition=str(partition)).set((clock.time_ms or 0) / 1000)
+        self._fire_due(partition, clock.fire_before_ms, "event_time")
+
+    def _commit(self, key: bytes, step: Step, partition: int) -> None:
+        """Store the new state, then route its effects (all enqueued in order)."""
+        assert step.state is not None
+        encoded = step.state.to_bytes()
+        self.table[key] = encoded
+        self.metrics.state_bytes.observe(len(encoded))
+        now = time.time()
+        for decision in step.decisions:
+            self._send_decision(decision, partition)
+            self.metrics.latency.observe(max(now - decision["decided_at_ms"] / 1000, 0.0))
+        for violation in step.violations:
+            self.violations.send_soon(key=key, value=orjson.dumps(violation))
+            self.metrics.violations.labels(
+                kind=violation["kind"], channel=violation["channel"], sender=violation["sender"] or "unknown"
+            ).inc()
+
+    def _send_decision(self, decision: dict[str, Any], partition: int) -> None:
+        key = f"{decision['channel']}:{decision['customer_id']}".encode()
+        self.decisions.send_soon(key=key, value=orjson.dumps(decision))
+        self.metrics.decisions.labels(
+            action=decision["action"], reason=decision["reason"], channel=decision["channel"]
+        ).inc()
+        until = decision["until_ms"]
+        if decision["action"] == "block" and until is not None:
+            channel = CHANNELS.index(decision["channel"])
+            heapq.heappush(self.expiries.setdefault(partition, []), (until, decision["customer_id"], channel))
+
+    def _dead_letter(self, message: Any, rejection: Rejection) -> None:
+        headers = [
+            ("fatigue-reason", rejection.reason.encode()),
+            ("fatigue-detail", rejection.detail.encode()[:512]),
+            ("fatigue-source-topic", str(message.topic).encode()),
+            ("fatigue-source-partition", str(message.partition).encode()),
+            ("fatigue-source-offset", str(message.offset).encode()),
+        ]
+        if rejection.event_id is not None:
+            headers.append(("fatigue-event-id", rejection.event_id.encode()))
+        self.dlq.send_soon(key=message.key, value=message.value if message.value is not None else b"", headers=headers)
+        self.metrics.rejected.labels(reason=rejection.reason.split(":", 1)[0]).inc()
+
+    # ------------------------------------------------------------------ clocks, deadlines and expiry
+
+    def _clock(self, partition: int) -> PartitionClock:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = PartitionClock(self.settings.deadline_settle_ms)
+        return clock
+
+    def _ensure_indexed(self, partition: int) -> None:
+        """After (re)assignment, rebuild the partition's clock and expiry index from its stored states."""
+        if partition in self.clocks:
+            return
+        clock = self._clock(partition)
+        expiries: list[tuple[int, str, int]] = []
+        for stored in self._stored_states(partition):
+            state = CustomerState.from_bytes(stored)
+            clock.observe(state)
+            for channel, record in enumerate(state.emitted):
+                if record is not None and record[1]["action"] == "block" and record[1]["until_ms"] is not None:
+                    expiries.append((record[1]["until_ms"], state.customer_id, channel))
+        heapq.heapify(expiries)
+        self.expiries[partition] = expiries
+        log.info("partition %d indexed: %d pending deadlines, %d expiring blocks", partition, len(clock), len(expiries))
+
+    def _stored_states(self, partition: int) -> Iterable[bytes]:
+        # Faust's RocksDB store keeps one database per partition; iterating it directly is the only way to
+        # list one partition's keys (the table API iterates all active partitions together).
+        open_partition = getattr(self.table.data, "_db_for_partition", None)
+        if open_partition is None:
+            return
+        database = open_partition(partition)
+        for key, value in database.items():
+            if isinstance(key, bytes) and not key.startswith(_FAUST_INTERNAL_PREFIX) and value:
+                yield value
+
+    def _fire_due(self, partition: int, before_ms: int | None, clock_name: str) -> None:
+        if before_ms is None:
+            return
+        clock = self._clock(partition)
+        for customer in clock.due(before_ms):
+            key = customer.encode()
+            stored = self.table.get(key)
+            if stored is None:
+                continue
+            state = CustomerState.from_bytes(stored)
+            step = self.guard.advance(state, before_ms)
+            self._commit(key, step, partition)
+            clock.schedule(state)
+            self.metrics.deadlines_fired.labels(clock=clock_name).inc()
+
+    def _on_tick(self, partition: int, wall_ms: int) -> None:
+        self.tick_pending.pop(partition, None)
+        self._ensure_indexed(partition)
+        bound = wall_ms - self.settings.wall_settle_ms
+        self._fire_due(partition, bound, "wall_clock")
+        expiries = self.expiries.get(partition, [])
+        while expiries and expiries[0][0] <= bound:
+            until, customer, channel = heapq.heappop(expiries)
+            key = customer.encode()
+            stored = self.table.get(key)
+            if stored is None:
+                continue
+            state = CustomerState.from_bytes(stored)
+            record = state.emitted[channel]
+            if record is None or record[1]["action"] != "block" or record[1]["until_ms"] != until:
+                continue  # superseded by a newer decision, which has its own entry
+            state.emitted[channel] = None
+            self.table[key] = state.to_bytes()
+            self.decisions.send_soon(key=f"{CHANNELS[channel]}:{customer}".encode(), value=None)
+            self.metrics.tombstones.inc()
+
+    def partitions_changed(self) -> None:
+        """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
+        self.clocks.clear()
+        self.expiries.clear()
+        self.tick_pending.clear()
+
+    def quiet_partitions(self) -> list[int]:
+        """Input partitions we own that have nothing left to read and had no input for ``quiet_after_s``."""
+        now = time.monotonic()
+        quiet = []
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.events_topic:
+                continue
+            partition = tp.partition
+            if now - self.last_input.get(partition, 0.0) < self.settings.quiet_after_s:
+                continue
+            if now - self.tick_pending.get(partition, 0.0) < 10 * self.settings.tick_interval_s:
+                continue
+            highwater = consumer.highwater(tp)
+            last = self.last_offset.get(partition)
+            if highwater is not None and last is not None and highwater > last + 1:
+                continue
+            quiet.append(partition)
+        return quiet
+
+    def has_due_work(self, partition: int, wall_ms: int) -> bool:
+        if partition not in self.clocks:
+            return True
+        bound = wall_ms - self.settings.wall_settle_ms
+        heap = self.clocks[partition]._heap
+        expiries = self.expiries.get(partition, [])
+        return bool((heap and heap[0][0] < bound) or (expiries and expiries[0][0] <= bound))
+
+    def send_tick(self, partition: int, wall_ms: int) -> None:
+        self.tick_pending[partition] = time.monotonic()
+        self.events.send_soon(
+            key=TICK_KEY, value=str(wall_ms).encode(), partition=partition, headers=[(CONTROL_HEADER, TICK)]
+        )
+
+    def owned_partitions(self, topic: str) -> list[int]:
+        return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+
+
+def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = None) -> tuple[faust.App, GuardService]:
+    """Build the Faust app and its service from settings (the composition root)."""
+    metrics = metrics or Metrics()
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        autodiscover=False,
+    )
+    service = GuardService(settings, policy, app, metrics)
+    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    blocks_view = RedisView(
+        redis_client,
+        topic=settings.decisions_topic,
+        bootstrap=settings.bootstrap,
+        partitions=settings.partitions,
+        redis_key=lambda key: block_key(settings.redis_prefix, key),
+        scan_pattern=f"{settings.redis_prefix}:block:*",
+        expiring=True,
+        metrics=metrics,
+    )
+    prefs_view = RedisView(
+        redis_client,
+        topic=settings.prefs_topic,
+        bootstrap=settings.bootstrap,
+        partitions=settings.partitions,
+        redis_key=lambda key: prefs_key(settings.redis_prefix, key),
+        scan_pattern=f"{settings.redis_prefix}:prefs:*",
+        expiring=False,
+        metrics=metrics,
+    )
+
+    # concurrency 1: Faust can commit past an in-flight message with more, and table writes need it
+    @app.agent(service.events, concurrency=1, name="guard")
+    async def guard_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            service.handle(event)
+
+    @app.agent(service.decisions, concurrency=1, name="redis-blocks")
+    async def redis_blocks(stream: faust.StreamT[bytes]) -> None:
+        async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
+            records = [(event.message.key, event.message.value) for event in batch if event.message.key is not None]
+            await blocks_view.apply(records, lambda: service.owned_partitions(settings.decisions_topic))
+
+    @app.agent(service.prefs, concurrency=1, name="redis-prefs")
+    async def redis_prefs(stream: faust.StreamT[bytes]) -> None:
+        async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
+            records = [(event.message.key, event.message.value) for event in batch if event.message.key is not None]
+            await prefs_view.apply(records, lambda: service.owned_partitions(settings.prefs_topic))
+
+    @app.timer(interval=settings.tick_interval_s)
+    async def tick_quiet_partitions() -> None:
+        wall_ms = int(time.time() * 1000)
+        for partition in service.quiet_partitions():
+            if service.has_due_work(partition, wall_ms):
+                service.send_tick(partition, wall_ms)
+
+    def forget_indexes(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        service.partitions_changed()
+
+    app.on_partitions_revoked.connect(forget_indexes)
+    app.on_partitions_assigned.connect(forget_indexes)
+
+    @app.page("/metrics")
+    async def metrics_page(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    async def health_page(self: Any, request: Any) -> Any:
+        return self.json({"status": "ok", "policy_version": policy.version})
+
+    return app, service

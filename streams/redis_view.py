@@ -1,0 +1,185 @@
+"""Redis as a materialised view of a compacted topic, for email platforms' pre-send lookups.
+
+Each record is applied idempotently (SET with PXAT at the block's ``until``, DEL for allows and tombstones), in
+pipelined batches retried until Redis answers, so an outage only delays the view: consumption of the decisions
+topic pauses while the guard itself goes on. After a failure, and whenever Redis restarts (its run_id changes),
+the view is reconciled from the compacted topic: every key we own ends up exactly as the topic's latest record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
+
+from fatigue.clock import partition_for_key
+from streams.metrics import Metrics
+
+log = logging.getLogger("fatigue.redis")
+
+Record = tuple[bytes, bytes | None]
+
+
+def block_key(prefix: str, decision_key: bytes) -> str:
+    """``{channel}:{customer_id}`` on the topic -> ``fatigue:block:{channel}:{customer_id}`` in Redis."""
+    return f"{prefix}:block:{decision_key.decode()}"
+
+
+def prefs_key(prefix: str, customer_key: bytes) -> str:
+    return f"{prefix}:prefs:{customer_key.decode()}"
+
+
+class RedisView:
+    """Applies records of one compacted topic to Redis keys."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        topic: str,
+        bootstrap: str,
+        partitions: int,
+        redis_key: Callable[[bytes], str],
+        scan_pattern: str,
+        expiring: bool,
+        metrics: Metrics,
+    ) -> None:
+        self.client = client
+        self.topic = topic
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.redis_key = redis_key
+        self.scan_pattern = scan_pattern
+        self.expiring = expiring
+        self.metrics = metrics
+        self._run_id: str | None = None
+        self._needs_reconcile = True
+        self._last_check = 0.0
+
+    async def apply(self, records: Sequence[Record], owned_partitions: Callable[[], Iterable[int]]) -> None:
+        """Write ``records`` in order; on failure retry with backoff, then reconcile before going on."""
+        delay = 0.2
+        while True:
+            try:
+                await self._maybe_reconcile(owned_partitions)
+                await self._write(records)
+                return
+            except (RedisError, OSError) as error:
+                self.metrics.redis_failures.inc()
+                self._needs_reconcile = True
+                log.warning("redis write failed (%s: %s); retrying in %.1fs", type(error).__name__, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        now_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        sets = deletes = 0
+        for key, value in records:
+            if self._queue(pipe, key, value, now_ms):
+                sets += 1
+            else:
+                deletes += 1
+        await pipe.execute()
+        self.metrics.redis_writes.labels(op="set").inc(sets)
+        self.metrics.redis_writes.labels(op="del").inc(deletes)
+
+    def _queue(self, pipe: Any, key: bytes, value: bytes | None, now_ms: int) -> bool:
+        """Queue the command for one record; True for a SET, False for a DEL."""
+        redis_key = self.redis_key(key)
+        if value is None:
+            pipe.delete(redis_key)
+            return False
+        if not self.expiring:
+            pipe.set(redis_key, value)
+            return True
+        decision = orjson.loads(value)
+        until_ms = decision.get("until_ms")
+        if decision.get("action") != "block" or (until_ms is not None and until_ms <= now_ms):
+            pipe.delete(redis_key)
+            return False
+        if until_ms is None:
+            pipe.set(redis_key, value)
+        else:
+            pipe.set(redis_key, value, pxat=until_ms)
+        return True
+
+    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]]) -> None:
+        now = time.monotonic()
+        if not self._needs_reconcile and now - self._last_check < 5.0:
+            return
+        self._last_check = now
+        info = await self.client.info("server")
+        run_id = str(info.get("run_id"))
+        if run_id != self._run_id:
+            if self._run_id is not None:
+                log.warning("redis restarted (run_id changed): reconciling %s", self.topic)
+            self._needs_reconcile = True
+        if self._needs_reconcile:
+            await self.reconcile(sorted(owned_partitions()))
+            self._run_id = run_id
+            self._needs_reconcile = False
+
+    async def reconcile(self, partitions: list[int]) -> None:
+        """Make every Redis key of ``partitions`` equal the topic's latest record for it."""
+        if not partitions:
+            return
+        started = time.monotonic()
+        latest = await read_latest(self.bootstrap, self.topic, partitions)
+        wanted = {self.redis_key(key): (key, value) for key, value in latest.items()}
+        await self._write(list(latest.items()))
+        # keys we own that the topic no longer has at all (e.g. tombstones already compacted away)
+        stale: list[str] = []
+        owned = set(partitions)
+        async for raw_key in self.client.scan_iter(match=self.scan_pattern, count=1000):
+            name = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            if name in wanted:
+                continue
+            topic_key = name.split(":", 2)[2].encode()
+            if partition_for_key(topic_key, self.partitions) in owned:
+                stale.append(name)
+        for start in range(0, len(stale), 1000):
+            await self.client.delete(*stale[start : start + 1000])
+        self.metrics.redis_reconciles.inc()
+        log.info(
+            "reconciled %s partitions %s: %d keys, %d stale removed in %.2fs",
+            self.topic,
+            partitions,
+            len(latest),
+            len(stale),
+            time.monotonic() - started,
+        )
+
+
+async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
+    """The latest record per key in ``partitions`` of a compacted topic, read from the beginning to the end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, partition) for partition in partitions]
+        consumer.assign(tps)
+        end_offsets = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        latest: dict[bytes, bytes | None] = {}
+        remaining = {tp for tp in tps if end_offsets[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if message.key is not None and message.offset < end_offsets[tp]:
+                        latest[message.key] = message.value
+            for tp in list(remaining):
+                if await consumer.position(tp) >= end_offsets[tp]:
+                    remaining.discard(tp)
+        return latest
+    finally:
+        await consumer.stop()

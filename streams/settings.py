@@ -1,0 +1,105 @@
+"""Runtime settings of a worker (brokers, Redis, topics, ports): from the environment and the command line.
+
+Kept apart from the policy on purpose: the policy is what the business decides, these are where things run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from fatigue.timeutil import parse_duration_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    policy_path: str = "config/policies/default.toml"
+    app_id: str = "fatigue-guard"
+    events_topic: str = "fatigue.events.v1"
+    decisions_topic: str = "fatigue.blocks.v1"
+    dlq_topic: str = "fatigue.dlq.v1"
+    violations_topic: str = "fatigue.violations.v1"
+    prefs_topic: str = "fatigue.prefs.v1"
+    partitions: int = 6
+    data_dir: str = ".cache/worker"
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    redis_prefix: str = "fatigue"
+    # how far partition event time must pass an unread deadline before it fires (see fatigue.clock)
+    deadline_settle_ms: int = 3_600_000
+    # a partition with no input for this long, and nothing left to read, is quiet: wall clock takes over
+    quiet_after_s: float = 5.0
+    # on a quiet partition, deadlines up to wall clock minus this fire, and expired blocks are tombstoned
+    wall_settle_ms: int = 60_000
+    tick_interval_s: float = 1.0
+    redis_batch: int = 500
+    rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
+    log_level: str = "info"
+
+    @property
+    def datadir(self) -> Path:
+        return Path(self.data_dir)
+
+
+_ENV = {
+    "bootstrap": "FATIGUE_BOOTSTRAP",
+    "redis_url": "FATIGUE_REDIS_URL",
+    "policy_path": "FATIGUE_POLICY",
+    "app_id": "FATIGUE_APP_ID",
+    "events_topic": "FATIGUE_EVENTS_TOPIC",
+    "decisions_topic": "FATIGUE_DECISIONS_TOPIC",
+    "dlq_topic": "FATIGUE_DLQ_TOPIC",
+    "violations_topic": "FATIGUE_VIOLATIONS_TOPIC",
+    "prefs_topic": "FATIGUE_PREFS_TOPIC",
+    "partitions": "FATIGUE_PARTITIONS",
+    "data_dir": "FATIGUE_DATA_DIR",
+    "web_port": "FATIGUE_WEB_PORT",
+    "web_host": "FATIGUE_WEB_HOST",
+    "redis_prefix": "FATIGUE_REDIS_PREFIX",
+    "deadline_settle_ms": "FATIGUE_DEADLINE_SETTLE",
+    "quiet_after_s": "FATIGUE_QUIET_AFTER",
+    "wall_settle_ms": "FATIGUE_WALL_SETTLE",
+    "log_level": "FATIGUE_LOG_LEVEL",
+}
+_DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
+
+
+def _convert(name: str, raw: str) -> object:
+    if name in _DURATION_FIELDS:
+        return parse_duration_ms(raw)
+    default = getattr(Settings(), name)
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, overridden by ``FATIGUE_*`` environment variables, overridden by command-line options."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, variable in _ENV.items():
+        if variable in env and env[variable] != "":
+            values[name] = _convert(name, env[variable])
+    parser = argparse.ArgumentParser(prog="fatigue worker", description="Run the fatigue-guard streaming worker.")
+    for item in fields(Settings):
+        option = "--" + item.name.replace("_ms", "").replace("_s", "").replace("_", "-")
+        if item.name in ("deadline_settle_ms", "wall_settle_ms"):
+            help_text = f"duration like 1h (env {_ENV.get(item.name)})"
+        else:
+            help_text = f"default {item.default!r}" + (f", env {_ENV[item.name]}" if item.name in _ENV else "")
+        parser.add_argument(option, dest=item.name, default=None, help=help_text)
+    args = parser.parse_args(argv or [])
+    for item in fields(Settings):
+        raw = getattr(args, item.name)
+        if raw is not None:
+            values[item.name] = _convert(item.name, raw)
+    settings = replace(Settings(), **values)  # type: ignore[arg-type]
+    if settings.partitions < 1:
+        raise SystemExit("fatigue worker: --partitions must be >= 1")
+    return settings

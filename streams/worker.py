@@ -1,0 +1,80 @@
+"""``fatigue worker``: validate the policy, make sure the topics exist, then run the Faust worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from fatigue.policy import PolicyError, load_policy
+from streams.settings import Settings, settings_from
+
+log = logging.getLogger("fatigue.worker")
+
+# Compacted topics keep the latest record per key; tombstones are removed a day after compaction.
+_COMPACTED = {"cleanup.policy": "compact", "delete.retention.ms": "86400000", "min.cleanable.dirty.ratio": "0.1"}
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the guard's topics if missing; refuse an input topic whose partition count differs from ours."""
+    wanted = {
+        settings.events_topic: {},
+        settings.decisions_topic: _COMPACTED,
+        settings.prefs_topic: _COMPACTED,
+        settings.dlq_topic: {},
+        settings.violations_topic: {},
+    }
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="fatigue-worker-admin")
+    try:
+        existing = {meta["name"]: meta for meta in admin.describe_topics(list(wanted)) if not meta.get("error_code")}
+        for name, config in wanted.items():
+            if name in existing:
+                count = len(existing[name]["partitions"])
+                if name == settings.events_topic and count != settings.partitions:
+                    raise SystemExit(
+                        f"fatigue worker: topic {name} has {count} partitions but --partitions is "
+                        f"{settings.partitions}; the state table must be co-partitioned with its input"
+                    )
+                continue
+            try:
+                admin.create_topics([NewTopic(name, settings.partitions, 1, topic_configs=config)])
+                log.info("created topic %s (%d partitions)", name, settings.partitions)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = settings_from(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        policy = load_policy(settings.policy_path)
+    except PolicyError as error:
+        print(f"fatigue worker: invalid policy, not starting: {error}", file=sys.stderr)
+        return 2
+    try:
+        ensure_topics(settings)
+    except KafkaError as error:
+        print(f"fatigue worker: cannot reach Kafka at {settings.bootstrap}: {error}", file=sys.stderr)
+        return 2
+    from faust import Worker  # imported late: faust is heavy and --help should stay fast
+
+    from streams.app import create_app
+
+    app, _ = create_app(settings, policy)
+    log.info(
+        "starting worker %s: policy %s, input %s (%d partitions), decisions %s, redis %s, web :%d",
+        settings.app_id,
+        policy.version,
+        settings.events_topic,
+        settings.partitions,
+        settings.decisions_topic,
+        settings.redis_url,
+        settings.web_port,
+    )
+    worker = Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
