@@ -1,0 +1,160 @@
+"""In-process replay throughput of the pure core (parse + engine) on one core, with same-run JSON baselines.
+
+The events file is generated once with ``fatigue.generate`` and cached under ``.cache/bench/`` (git-ignored); its
+name carries the generator's source digest, so a changed generator never reuses a stale file. The file is read
+into memory before any timing: the figures are CPU only, no I/O.
+
+    .venv/bin/python bench/core_replay.py [--events N] [--customers N] [--seed S] [--policy FILE] [--profile]
+
+Measured, in this order, over the same lines:
+
+* ``orjson.loads`` of every line: the floor any JSON-in service pays (the baseline of the ratio);
+* ``json.loads`` of every line: what a naive standard-library parser costs;
+* ``parse_event`` alone: decoding plus contract validation;
+* the full replay (``Replay.feed`` for every line, then ``finish``): parse, de-duplication, state, rules,
+  decisions and violations, all customers' state in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import hashlib
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+import fatigue.generate
+from fatigue.engine import Guard
+from fatigue.events import parse_event
+from fatigue.generate import generate_events
+from fatigue.policy import load_policy
+from fatigue.replay import Replay
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "bench"
+TARGET_EVENTS_PER_S = 150_000
+
+
+def events_file(events: int, customers: int, seed: int, skew: float) -> Path:
+    """The cached stream for these arguments, generated on first use."""
+    digest = hashlib.sha256(Path(fatigue.generate.__file__).read_bytes()).hexdigest()[:12]
+    path = CACHE / f"events-{events}-{customers}-{seed}-{skew:g}-{digest}.jsonl"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as out:
+            out.writelines(line + b"\n" for line in generate_events(events, customers, seed, skew=skew))
+        partial.replace(path)  # never leave a truncated file where a complete one is expected
+        print(f"generated {path.relative_to(REPO)} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    return path
+
+
+def timed(label: str, work: Callable[[], object], count: int) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    work()
+    elapsed = time.perf_counter() - started
+    print(f"  {label:<34} {count / elapsed:>12,.0f} events/s  {elapsed * 1e6 / count:>8.2f} us/event  {elapsed:7.2f}s")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="stream length (default: %(default)s)")
+    parser.add_argument("--customers", type=int, default=100_000, help="customers (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="generator seed (default: %(default)s)")
+    parser.add_argument("--skew", type=float, default=1.0, help="Zipf exponent, 0 = uniform (default: %(default)s)")
+    parser.add_argument("--policy", default=str(REPO / "config" / "policies" / "default.toml"), help="policy TOML")
+    parser.add_argument("--no-json", action="store_true", help="skip the json.loads baseline")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the replay and print the hot spots")
+    parser.add_argument("--profile-events", type=int, default=200_000, help="lines to profile (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    path = events_file(args.events, args.customers, args.seed, args.skew)
+    lines = path.read_bytes().splitlines()
+    policy = load_policy(args.policy)
+    count = len(lines)
+    print(
+        f"core replay: {count:,} events, {args.customers:,} customers (skew {args.skew:g}), seed {args.seed}, "
+        f"policy {policy.version}\n"
+        f"  Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpu(s); file {path.name}"
+    )
+
+    def orjson_baseline() -> None:
+        loads, error = orjson.loads, orjson.JSONDecodeError
+        for line in lines:
+            try:  # noqa: SIM105 - contextlib.suppress would add its own cost to the baseline
+                loads(line)
+            except error:
+                pass
+
+    def json_baseline() -> None:
+        loads = json.loads
+        for line in lines:
+            try:  # noqa: SIM105 - as above
+                loads(line)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+                pass
+
+    def parse_only() -> None:
+        for line in lines:
+            parse_event(line)
+
+    replay = Replay(Guard(policy))
+
+    def full_replay() -> None:
+        feed = replay.feed
+        for line in lines:
+            feed(line)
+        replay.finish(replay.newest_ms)
+
+    baseline = timed("orjson.loads (baseline)", orjson_baseline, count)
+    naive = None if args.no_json else timed("json.loads (naive baseline)", json_baseline, count)
+    parsing = timed("parse_event (decode + validate)", parse_only, count)
+    total = timed("replay (parse + engine)", full_replay, count)
+
+    stats = replay.stats
+    decisions = sum(stats.decisions.values())
+    rate = count / total
+    print(f"  accepted {stats.accepted:,}  rejected {sum(stats.rejections.values()):,}  decisions {decisions:,}")
+    print(f"  customers in memory {len(replay.states):,}")
+    print(f"  ratio replay / orjson.loads: {total / baseline:.1f}x")
+    if naive is not None:
+        print(f"  ratio replay / json.loads:   {total / naive:.1f}x")
+    print(f"  engine share of replay time: {(total - parsing) / total:.0%}")
+    verdict = "meets" if rate >= TARGET_EVENTS_PER_S else "is BELOW"
+    print(f"  {rate:,.0f} events/s {verdict} the {TARGET_EVENTS_PER_S:,} events/s one-core target")
+    print(
+        f"reproduce: .venv/bin/python bench/core_replay.py --events {args.events} --customers {args.customers} "
+        f"--seed {args.seed} --skew {args.skew:g}"
+    )
+
+    if args.profile:
+        subset = lines[: args.profile_events]
+        profiled = Replay(Guard(policy))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for line in subset:
+            profiled.feed(line)
+        profiled.finish(profiled.newest_ms)
+        profiler.disable()
+        report = io.StringIO()
+        pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(20)
+        print(f"\ncProfile of the first {len(subset):,} events, by own time:")
+        print(report.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
