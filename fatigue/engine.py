@@ -12,16 +12,15 @@ honour ``until`` and Redis keys expire at that instant.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_right, insort
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from heapq import merge
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from fatigue.events import CHANNEL_INDEX, CHANNELS, Event, Rejection
-from fatigue.policy import CapRule, Policy
+from fatigue.policy import HangupRule, Policy
 from fatigue.state import SCOPE_ALL, CustomerState
 from fatigue.timeutil import format_duration, format_ms, format_optional_ms
 
@@ -32,6 +31,7 @@ ALL_CHANNEL_INDEXES: Final = (EMAIL, SMS, CALL)
 _OPT_OUT_REASONS: Final = {"unsubscribe": "unsubscribe", "sms_stop": "sms_stop", "opt_out": "opt_out"}
 _NEGATIVE_REACTIONS: Final = frozenset({"short_hangups", "unread"})
 _MAX_EVIDENCE_TIMESTAMPS: Final = 10
+_TRIM_PERIOD_MS: Final = 3_600_000
 
 
 @dataclass(slots=True)
@@ -51,16 +51,11 @@ class _Candidate:
     reason: str
     rule_id: str
     rule: str
-    evidence: dict[str, Any]
+    evidence: Callable[[], dict[str, Any]]  # built only when a decision is emitted
 
     def sort_key(self) -> tuple[int, int]:
         # latest until first (None = indefinite beats everything), then the policy's rule order
         return (-(self.until_ms if self.until_ms is not None else 1 << 62), self.order)
-
-
-def event_id_hash(event_id: str) -> int:
-    """A stable 48-bit digest: de-duplication must agree across processes and restarts (unlike ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=6).digest(), "little")
 
 
 class Guard:
@@ -68,8 +63,13 @@ class Guard:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._channel_caps = tuple(tuple(rule for rule in policy.caps if rule.channel == name) for name in CHANNELS)
-        self._global_caps = tuple(rule for rule in policy.caps if rule.channel is None)
+        # rule texts are rendered once here, not per evaluation
+        self._channel_caps = tuple(
+            tuple((rule, rule.text) for rule in policy.caps if rule.channel == name) for name in CHANNELS
+        )
+        self._global_caps = tuple((rule, rule.text) for rule in policy.caps if rule.channel is None)
+        self._global_limits = tuple((rule.window_ms, rule.limit) for rule, _ in self._global_caps)
+        self._hangup_rules = tuple((rule, rule.text) for rule in policy.hangup_rules)
         self._counted = policy.counted_categories
         self._retention_ms = policy.contact_retention_ms
         self._hangup_retention_ms = policy.hangup_retention_ms
@@ -83,9 +83,9 @@ class Guard:
     def process(self, state: CustomerState | None, event: Event) -> Step:
         """Apply one validated event. ``state`` is mutated in place and returned in the step."""
         policy = self.policy
-        id_hash = event_id_hash(event.event_id)
+        event_id = event.event_id
         if state is not None:
-            if id_hash in state.ids:
+            if event_id in state.ids:
                 return Step(state, rejection=_reject(event, "duplicate", "event_id already processed"))
             watermark = state.watermark_ms
             if watermark is not None and event.ts_ms < watermark - policy.late_grace_ms:
@@ -95,12 +95,15 @@ class Guard:
             state = CustomerState(event.customer_id)
         step = Step(state)
         ts = event.ts_ms
-        if state.watermark_ms is None or ts > state.watermark_ms:
+        previous_watermark = state.watermark_ms
+        if previous_watermark is None or ts > previous_watermark:
             if state.pending:
                 self._finalize_deadlines(state, ts, step.decisions)
             state.watermark_ms = ts
-            self._trim(state, ts)
-        self._remember_id(state, id_hash, ts)
+            # trimming only bounds memory (every read filters by time), so once per hour of event time is enough
+            if previous_watermark is None or ts // _TRIM_PERIOD_MS != previous_watermark // _TRIM_PERIOD_MS:
+                self._trim(state, ts)
+        self._remember_id(state, event_id, ts)
         handler = _HANDLERS[event.type]
         handler(self, state, event, step)
         return step
@@ -252,8 +255,10 @@ class Guard:
         lift_reason: str,
     ) -> None:
         """Recompute the winning block of each channel at ``now`` and emit what changed."""
+        shared = self._shared_candidates(state, now)
         for channel in channels:
             candidates = self._candidates(state, channel, now)
+            candidates.extend(shared)
             record = state.emitted[channel]
             previous = record[1] if record is not None and _blocking(record[1], now) else None
             if not candidates:
@@ -279,12 +284,12 @@ class Guard:
             decisions.append(decision)
 
     def _candidates(self, state: CustomerState, channel: int, now: int) -> list[_Candidate]:
-        """Every block in force on ``channel`` at ``now``, each with its exact end."""
+        """Every block in force on ``channel`` at ``now``, each with its exact end (evidence built lazily)."""
         policy = self.policy
         found: list[_Candidate] = []
         opt_out = state.opt_outs[channel]
         if opt_out is not None and opt_out[1]:
-            source = opt_out[2]
+            at, source = opt_out[0], opt_out[2]
             found.append(
                 _Candidate(
                     None,
@@ -292,17 +297,18 @@ class Guard:
                     _OPT_OUT_REASONS[source],
                     f"opt_out.{source}",
                     _opt_out_text(source, CHANNELS[channel]),
-                    {"opted_out_at": format_ms(opt_out[0]), "source": source},
+                    _constant({"opted_out_at": format_ms(at), "source": source}),
                 )
             )
         complaint = policy.complaint
-        if complaint is not None:
+        complaints = state.complaints
+        if complaint is not None and (complaints[0] or complaints[1] or complaints[2]):
             for other in ALL_CHANNEL_INDEXES:
-                at = state.complaints[other]
-                if at is None:
+                complained_at = state.complaints[other]
+                if complained_at is None:
                     continue
                 same = other == channel
-                until = at + (complaint.channel_block_ms if same else complaint.other_channels_block_ms)
+                until = complained_at + (complaint.channel_block_ms if same else complaint.other_channels_block_ms)
                 if until > now:
                     found.append(
                         _Candidate(
@@ -311,15 +317,14 @@ class Guard:
                             "complaint",
                             f"{complaint.rule_id}.{'channel' if same else 'other_channels'}",
                             complaint.text(CHANNELS[other], CHANNELS[channel]),
-                            {"complaint_at": format_ms(at), "complaint_channel": CHANNELS[other]},
+                            _complaint_evidence(complained_at, CHANNELS[other]),
                         )
                     )
-        for scope in (channel, SCOPE_ALL):
-            cap = state.customer_caps[scope]
-            if cap is not None and cap[1] is not None:
-                candidate = self._customer_cap(state, scope, cap, now)
-                if candidate is not None:
-                    found.append(candidate)
+        cap = state.customer_caps[channel]
+        if cap is not None and cap[1] is not None:
+            candidate = self._customer_cap(state, channel, cap, now)
+            if candidate is not None:
+                found.append(candidate)
         if channel == CALL:
             self._call_candidates(state, now, found)
         elif channel == EMAIL:
@@ -333,49 +338,60 @@ class Guard:
                         "unread",
                         unread.rule_id if unread else "unread",
                         unread.text if unread else "email: unread in a row",
-                        {"streak": block[3], "last_deadline": format_ms(block[0]), "email_event_id": block[2]},
+                        _constant(
+                            {"streak": block[3], "last_deadline": format_ms(block[0]), "email_event_id": block[2]}
+                        ),
                     )
                 )
-        for rule in self._global_caps:
-            candidate = self._cap_candidate(rule, state.logs, now, 6, "global_cap")
+        own = (state.logs[channel],)
+        for rule, text in self._channel_caps[channel]:
+            candidate = _window_candidate(own, now, rule.window_ms, rule.limit, 7, "cap", rule.rule_id, text)
             if candidate is not None:
                 found.append(candidate)
-        for rule in self._channel_caps[channel]:
-            candidate = self._cap_candidate(rule, (state.logs[channel],), now, 7, "cap")
+        return found
+
+    def _shared_candidates(self, state: CustomerState, now: int) -> list[_Candidate]:
+        """Blocks that apply to every channel alike (all-channel caps), computed once per evaluation."""
+        found: list[_Candidate] = []
+        logs = state.logs
+        for rule, text in self._global_caps:
+            candidate = _window_candidate(logs, now, rule.window_ms, rule.limit, 6, "global_cap", rule.rule_id, text)
+            if candidate is not None:
+                found.append(candidate)
+        cap = state.customer_caps[SCOPE_ALL]
+        if cap is not None and cap[1] is not None:
+            candidate = self._customer_cap(state, SCOPE_ALL, cap, now)
             if candidate is not None:
                 found.append(candidate)
         return found
 
     def _call_candidates(self, state: CustomerState, now: int, found: list[_Candidate]) -> None:
         hangups = state.hangups
-        for rule in self.policy.hangup_rules:
+        for rule, text in self._hangup_rules:
             # the latest qualifying hang-up gives the latest end, so walk back from the newest
             for index in range(len(hangups) - 1, -1, -1):
                 at = hangups[index]
                 until = at + rule.block_ms
                 if until <= now:
                     break
-                count = index + 1 - bisect_right(hangups, at - rule.window_ms, 0, index + 1)
+                first = bisect_right(hangups, at - rule.window_ms, 0, index + 1)
+                count = index + 1 - first
                 if count >= rule.count:
-                    window = hangups[bisect_right(hangups, at - rule.window_ms) : index + 1]
                     found.append(
                         _Candidate(
                             until,
                             3,
                             "short_hangups",
                             rule.rule_id,
-                            rule.text,
-                            {
-                                "count": count,
-                                "window": format_duration(rule.window_ms),
-                                "hangups": [format_ms(ms) for ms in window[-_MAX_EVIDENCE_TIMESTAMPS:]],
-                            },
+                            text,
+                            _hangup_evidence(hangups[first : index + 1], rule),
                         )
                     )
                     break
         conversation = self.policy.conversation
-        if conversation is not None and state.conversation_ms is not None:
-            until = state.conversation_ms + conversation.block_ms
+        talked_at = state.conversation_ms
+        if conversation is not None and talked_at is not None:
+            until = talked_at + conversation.block_ms
             if until > now:
                 found.append(
                     _Candidate(
@@ -384,14 +400,9 @@ class Guard:
                         "conversation",
                         conversation.rule_id,
                         conversation.text,
-                        {"conversation_at": format_ms(state.conversation_ms)},
+                        _constant({"conversation_at": format_ms(talked_at)}),
                     )
                 )
-
-    def _cap_candidate(
-        self, rule: CapRule, logs: tuple[list[int], ...] | list[list[int]], now: int, order: int, reason: str
-    ) -> _Candidate | None:
-        return _window_candidate(logs, now, rule.window_ms, rule.limit, order, reason, rule.rule_id, rule.text, {})
 
     def _customer_cap(self, state: CustomerState, scope: int, cap: list[Any], now: int) -> _Candidate | None:
         set_at, limit, window_ms = cap
@@ -400,19 +411,23 @@ class Guard:
         rule_id = f"customer_cap.{'all' if scope == SCOPE_ALL else CHANNELS[scope]}"
         extra = {"preference_at": format_ms(set_at)}
         if limit == 0:
-            return _Candidate(None, 2, "customer_cap", rule_id, text, extra)
+            return _Candidate(None, 2, "customer_cap", rule_id, text, _constant(extra))
         logs = state.logs if scope == SCOPE_ALL else (state.logs[scope],)
         return _window_candidate(logs, now, window_ms, limit, 2, "customer_cap", rule_id, text, extra)
 
     def _cross_channel_cap_reached(self, state: CustomerState, now: int) -> bool:
-        limits = [(rule.window_ms, rule.limit) for rule in self._global_caps]
+        logs = state.logs
+        kept = len(logs[0]) + len(logs[1]) + len(logs[2])
+        for window_ms, limit in self._global_limits:
+            if kept < limit:
+                continue
+            start = now - window_ms
+            if sum(len(log) - bisect_right(log, start) for log in logs) >= limit:
+                return True
         cap = state.customer_caps[SCOPE_ALL]
         if cap is not None and cap[1] is not None:
-            limits.append((cap[2], cap[1]))
-        for window_ms, limit in limits:
-            start = now - window_ms
-            if sum(len(log) - bisect_right(log, start) for log in state.logs) >= limit:
-                return True
+            start = now - cap[2]
+            return bool(sum(len(log) - bisect_right(log, start) for log in logs) >= cap[1])
         return False
 
     # ------------------------------------------------------------------ unread deadlines
@@ -513,7 +528,7 @@ class Guard:
                         "reason": candidate.reason,
                         "rule": candidate.rule,
                         "until": format_optional_ms(candidate.until_ms),
-                        **candidate.evidence,
+                        **candidate.evidence(),
                     }
                     for candidate in candidates
                 ]
@@ -565,7 +580,7 @@ class Guard:
             if record is not None and _blocking(record[1], now):
                 continue
             pressure = 0.0
-            for rule in self._channel_caps[channel]:
+            for rule, _ in self._channel_caps[channel]:
                 log = state.logs[channel]
                 count = len(log) - bisect_right(log, now - rule.window_ms)
                 pressure = max(pressure, count / rule.limit)
@@ -575,9 +590,9 @@ class Guard:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _remember_id(self, state: CustomerState, id_hash: int, ts: int) -> None:
+    def _remember_id(self, state: CustomerState, event_id: str, ts: int) -> None:
         ids = state.ids
-        ids[id_hash] = ts
+        ids[event_id] = ts
         if len(ids) > self.policy.max_event_ids:
             del ids[next(iter(ids))]
             state.trimmed += 1
@@ -638,38 +653,68 @@ def _window_candidate(
     reason: str,
     rule_id: str,
     text: str,
-    extra: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> _Candidate | None:
     """Exact sliding window ``(now - window, now]``: blocked while ``limit`` or more contacts are inside it.
 
     The block ends when enough of the oldest contacts have left the window for the count to drop below the limit:
-    at ``window[count - limit] + window_ms``, i.e. the oldest of the ``limit`` newest contacts plus the window.
+    at the ``limit``-th newest contact plus the window (with exactly ``limit`` inside: the oldest one plus W).
     """
     start = now - window_ms
     if len(logs) == 1:
         log = logs[0]
-        first = bisect_right(log, start)
-        count = len(log) - first
+        if len(log) < limit:
+            return None  # the common case: too few contacts kept to reach the limit at all
+        count = len(log) - bisect_right(log, start)
         if count < limit:
             return None
-        inside = log[first:]
+        newest = log[-limit:]
     else:
-        tails = [log[bisect_right(log, start) :] for log in logs]
-        count = sum(len(tail) for tail in tails)
+        if sum(len(log) for log in logs) < limit:
+            return None
+        firsts = [bisect_right(log, start) for log in logs]
+        count = sum(len(log) - first for log, first in zip(logs, firsts, strict=True))
         if count < limit:
             return None
-        inside = list(merge(*tails))
-    oldest_of_limit = inside[count - limit]
-    until = oldest_of_limit + window_ms
-    evidence = {
-        **extra,
-        "count": count,
-        "limit": limit,
-        "window": format_duration(window_ms),
-        "window_start": format_ms(start),
-        "contacts": [format_ms(ms) for ms in inside[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :]],
-    }
+        # only the newest `limit` of each log can be among the newest `limit` overall
+        newest = sorted(
+            ms for log, first in zip(logs, firsts, strict=True) for ms in log[max(first, len(log) - limit) :]
+        )[-limit:]
+    until = newest[0] + window_ms
+    built: list[dict[str, Any]] = []
+
+    def evidence() -> dict[str, Any]:
+        # all-channel caps are shared by every channel's decision: render them once
+        if not built:
+            built.append(
+                {
+                    **(extra or {}),
+                    "count": count,
+                    "limit": limit,
+                    "window": format_duration(window_ms),
+                    "window_start": format_ms(start),
+                    "contacts": [format_ms(ms) for ms in newest[-_MAX_EVIDENCE_TIMESTAMPS:]],
+                }
+            )
+        return built[0]
+
     return _Candidate(until, order, reason, rule_id, text, evidence)
+
+
+def _constant(evidence: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: evidence
+
+
+def _complaint_evidence(complained_at: int, channel: str) -> Callable[[], dict[str, Any]]:
+    return lambda: {"complaint_at": format_ms(complained_at), "complaint_channel": channel}
+
+
+def _hangup_evidence(window: list[int], rule: HangupRule) -> Callable[[], dict[str, Any]]:
+    return lambda: {
+        "count": len(window),
+        "window": format_duration(rule.window_ms),
+        "hangups": [format_ms(ms) for ms in window[-_MAX_EVIDENCE_TIMESTAMPS:]],
+    }
 
 
 def _active(until_ms: int | None, at: int) -> bool:

@@ -50,7 +50,7 @@ class CustomerState:
         self.customer_id = customer_id
         self.watermark_ms: int | None = None
         self.logs: list[list[int]] = [[], [], []]
-        self.ids: dict[int, int] = {}
+        self.ids: dict[str, int] = {}  # event_id -> ts, for de-duplication within the late grace
         self.hangups: list[int] = []
         self.conversation_ms: int | None = None
         self.complaints: list[int | None] = [None, None, None]

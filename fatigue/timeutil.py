@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 MS_PER_UNIT = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)", re.ASCII)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Timestamps outside this range are treated as garbage (a seconds value sent as ms, a year-9999 sentinel), not
@@ -17,7 +18,7 @@ MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 def parse_duration_ms(text: object) -> int:
     """Parse ``30s``, ``15m``, ``72h``, ``7d``, ``4w`` (or ``500ms``) into milliseconds."""
-    match = _DURATION.match(text) if isinstance(text, str) else None
+    match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not a duration: {text!r} (expected e.g. 30s, 15m, 72h, 7d, 4w)")
     return int(match.group(1)) * MS_PER_UNIT[match.group(2)]
@@ -47,10 +48,18 @@ def parse_iso_ms(text: str) -> int | None:
 
 def format_ms(ms: int) -> str:
     """ISO-8601 UTC with a ``Z``; milliseconds only when there are any (``2026-11-23T10:00:00Z``)."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    base = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    millis = ms % 1_000
+    day, rest = divmod(ms, 86_400_000)
+    seconds, millis = divmod(rest, 1_000)
+    hours, seconds = divmod(seconds, 3_600)
+    minutes, seconds = divmod(seconds, 60)
+    base = f"{_date_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}"
     return f"{base}.{millis:03d}Z" if millis else f"{base}Z"
+
+
+@lru_cache(maxsize=4096)
+def _date_prefix(day: int) -> str:
+    # formatting is on the hot path of every decision; dates repeat, so render each one once
+    return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
 
 
 def format_optional_ms(ms: int | None) -> str | None:
