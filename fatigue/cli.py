@@ -82,9 +82,13 @@ def _replay(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"fatigue replay: cannot read {args.events}: {error.strerror}", file=sys.stderr)
         return 2
-    output = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
-    rejects = open(args.rejects, "wb") if args.rejects else sys.stderr.buffer  # noqa: SIM115
-    violations = open(args.violations, "wb") if args.violations else None  # noqa: SIM115
+    try:
+        output = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        rejects = open(args.rejects, "wb") if args.rejects else sys.stderr.buffer  # noqa: SIM115
+        violations = open(args.violations, "wb") if args.violations else None  # noqa: SIM115
+    except OSError as error:
+        print(f"fatigue replay: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
     progress = not args.no_progress and sys.stderr.isatty() and (file_size(source) or 0) > 8_000_000
     try:
         settle_ms = parse_duration_ms(args.deadline_settle)

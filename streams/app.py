@@ -42,6 +42,11 @@ CONTROL_HEADER = "fatigue-control"
 TICK = b"tick"
 TICK_KEY = b"\x00fatigue-tick"
 _FAUST_INTERNAL_PREFIX = b"__faust"
+# Table values are the input offset that last changed the state (to tell a redelivery from a sender's
+# duplicate) followed by the core's own state bytes.
+_OFFSET_BYTES = 8
+# the event types that change what preferences_view publishes (time zone, quiet hours, caps, opt-outs)
+_PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
 
 
 class GuardService:
@@ -67,8 +72,9 @@ class GuardService:
         )
         # Faust derives table serializers from key/value *types* (json for plain bytes); our values are the
         # core's own compact orjson bytes, so store and changelog must pass them through untouched.
-        self.table.key_serializer = "raw"
-        self.table.value_serializer = "raw"
+        table: Any = self.table
+        table.key_serializer = "raw"
+        table.value_serializer = "raw"
         self.clocks: dict[int, PartitionClock] = {}
         self.expiries: dict[int, list[tuple[int, str, int]]] = {}
         self.last_offset: dict[int, int] = {}
@@ -83,7 +89,7 @@ class GuardService:
         self.last_offset[partition] = message.offset
         headers = dict(message.headers or ())
         if headers.get(CONTROL_HEADER) == TICK:
-            self._on_tick(partition, int(message.value or b"0"))
+            self._on_tick(partition, _tick_time(message.value))
             return
         self.last_input[partition] = time.monotonic()
         self._ensure_indexed(partition)
@@ -94,33 +100,45 @@ class GuardService:
             return
         key = message.key
         assert key is not None
-        stored = self.table.get(key)
-        state = CustomerState.from_bytes(stored) if stored is not None else None
+        stored_offset, state = self._load(key)
         step = self.guard.process(state, parsed)
         if step.rejection is not None:
             self._dead_letter(message, step.rejection)
-            if step.rejection.reason == "duplicate" and step.state is not None:
-                # the state may be ahead of the decisions topic after a crash: re-send the latest, idempotently
+            if step.rejection.reason == "duplicate" and step.state is not None and message.offset <= stored_offset:
+                # A redelivery after a crash (not a sender's duplicate, which comes at a new offset): the
+                # state may be ahead of the decisions topic, so re-send the latest decisions, idempotently.
                 for decision in self.guard.latest_decisions(step.state):
                     self._send_decision(decision, partition)
                     self.metrics.repaired.inc()
             return
         assert step.state is not None
         self.metrics.events.labels(type=parsed.type, channel=parsed.channel or "all", category=parsed.category).inc()
-        self._commit(key, step, partition)
-        if parsed.type == "preference":
+        self._commit(key, step, partition, message.offset)
+        if parsed.type in _PREFERENCE_TYPES:
             self.prefs.send_soon(key=key, value=orjson.dumps(preferences_view(step.state)))
         clock = self._clock(partition)
         clock.observe(step.state)
         self.metrics.partition_event_time.labels(partition=str(partition)).set((clock.time_ms or 0) / 1000)
         self._fire_due(partition, clock.fire_before_ms, "event_time")
 
-    def _commit(self, key: bytes, step: Step, partition: int) -> None:
+    def _load(self, key: bytes) -> tuple[int, CustomerState | None]:
+        """The stored state and the input offset of the last event that changed it (-1 when none)."""
+        stored = self.table.get(key)
+        if stored is None:
+            return -1, None
+        return int.from_bytes(stored[:_OFFSET_BYTES], "big", signed=True), CustomerState.from_bytes(
+            stored[_OFFSET_BYTES:]
+        )
+
+    def _store(self, key: bytes, state: CustomerState, offset: int) -> int:
+        encoded = state.to_bytes()
+        self.table[key] = offset.to_bytes(_OFFSET_BYTES, "big", signed=True) + encoded
+        return len(encoded)
+
+    def _commit(self, key: bytes, step: Step, partition: int, offset: int) -> None:
         """Store the new state, then route its effects (all enqueued in order)."""
         assert step.state is not None
-        encoded = step.state.to_bytes()
-        self.table[key] = encoded
-        self.metrics.state_bytes.observe(len(encoded))
+        self.metrics.state_bytes.observe(self._store(key, step.state, offset))
         now = time.time()
         for decision in step.decisions:
             self._send_decision(decision, partition)
@@ -170,7 +188,7 @@ class GuardService:
         clock = self._clock(partition)
         expiries: list[tuple[int, str, int]] = []
         for stored in self._stored_states(partition):
-            state = CustomerState.from_bytes(stored)
+            state = CustomerState.from_bytes(stored[_OFFSET_BYTES:])
             clock.observe(state)
             for channel, record in enumerate(state.emitted):
                 if record is not None and record[1]["action"] == "block" and record[1]["until_ms"] is not None:
@@ -196,12 +214,11 @@ class GuardService:
         clock = self._clock(partition)
         for customer in clock.due(before_ms):
             key = customer.encode()
-            stored = self.table.get(key)
-            if stored is None:
+            offset, state = self._load(key)
+            if state is None:
                 continue
-            state = CustomerState.from_bytes(stored)
             step = self.guard.advance(state, before_ms)
-            self._commit(key, step, partition)
+            self._commit(key, step, partition, offset)
             clock.schedule(state)
             self.metrics.deadlines_fired.labels(clock=clock_name).inc()
 
@@ -214,15 +231,14 @@ class GuardService:
         while expiries and expiries[0][0] <= bound:
             until, customer, channel = heapq.heappop(expiries)
             key = customer.encode()
-            stored = self.table.get(key)
-            if stored is None:
+            offset, state = self._load(key)
+            if state is None:
                 continue
-            state = CustomerState.from_bytes(stored)
             record = state.emitted[channel]
             if record is None or record[1]["action"] != "block" or record[1]["until_ms"] != until:
                 continue  # superseded by a newer decision, which has its own entry
             state.emitted[channel] = None
-            self.table[key] = state.to_bytes()
+            self._store(key, state, offset)
             self.decisions.send_soon(key=f"{CHANNELS[channel]}:{customer}".encode(), value=None)
             self.metrics.tombstones.inc()
 
@@ -268,6 +284,16 @@ class GuardService:
 
     def owned_partitions(self, topic: str) -> list[int]:
         return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+
+
+def _tick_time(value: bytes | None) -> int:
+    """The wall-clock instant a tick carries, never later than our own clock: a forged tick from the future
+    must not fire deadlines early or tombstone blocks that are still in force."""
+    now_ms = int(time.time() * 1000)
+    try:
+        return min(int(value or b"0"), now_ms)
+    except ValueError:
+        return 0
 
 
 def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = None) -> tuple[faust.App, GuardService]:

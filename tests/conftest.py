@@ -25,6 +25,7 @@ HOW_TO_RUN = (
 )
 
 INTEGRATION_DIR = (Path(__file__).parent / "integration").resolve()
+E2E_DIR = (Path(__file__).parent / "e2e").resolve()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,8 +36,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.resolve().is_relative_to(INTEGRATION_DIR):
+        path = item.path.resolve()
+        if path.is_relative_to(INTEGRATION_DIR):
             item.add_marker(pytest.mark.integration)
+        elif path.is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.e2e)
 
 
 def _required_env(name: str) -> str:

@@ -1,0 +1,231 @@
+"""Real workers as subprocesses on the real stack, plus the readers an end-to-end test needs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from streams.settings import settings_from
+from streams.worker import ensure_topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GuardDeployment:
+    """One isolated guard: its own topics, consumer group, Redis prefix and worker processes."""
+
+    bootstrap: str
+    redis_url: str
+    workdir: Path
+    partitions: int = 6
+    policy: str = str(REPO / "config" / "policies" / "default.toml")
+    name: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:10]}")
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "events": f"{self.name}.events",
+            "decisions": f"{self.name}.blocks",
+            "dlq": f"{self.name}.dlq",
+            "violations": f"{self.name}.violations",
+            "prefs": f"{self.name}.prefs",
+        }
+
+    @property
+    def redis_prefix(self) -> str:
+        return self.name
+
+    def worker_args(self, worker: str) -> list[str]:
+        topics = self.topics
+        return [
+            sys.executable,
+            "-m",
+            "fatigue.cli",
+            "worker",
+            "--bootstrap",
+            self.bootstrap,
+            "--redis-url",
+            self.redis_url,
+            "--policy-path",
+            self.policy,
+            "--app-id",
+            self.name,
+            "--events-topic",
+            topics["events"],
+            "--decisions-topic",
+            topics["decisions"],
+            "--dlq-topic",
+            topics["dlq"],
+            "--violations-topic",
+            topics["violations"],
+            "--prefs-topic",
+            topics["prefs"],
+            "--partitions",
+            str(self.partitions),
+            "--data-dir",
+            str(self.workdir / worker),
+            "--web-port",
+            str(free_port()),
+            "--redis-prefix",
+            self.redis_prefix,
+            "--log-level",
+            "info",
+        ]
+
+    def create_topics(self) -> None:
+        """What an operator does before senders start: the worker would also create them at start."""
+        ensure_topics(settings_from(self.worker_args("setup")[4:], environ={}))
+
+    def start_worker(self, worker: str = "w1") -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{worker}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(
+            self.worker_args(worker), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ)
+        )
+        self.workers[worker] = process
+        return process
+
+    def kill_worker(self, worker: str, sig: int = signal.SIGKILL) -> None:
+        process = self.workers.pop(worker)
+        process.send_signal(sig)
+        process.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for worker in list(self.workers):
+            process = self.workers[worker]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            del self.workers[worker]
+
+    def log_tail(self, worker: str = "w1", lines: int = 60) -> str:
+        path = self.workdir / f"{worker}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def produce(self, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=20,
+            batch_size=256 * 1024,
+            max_in_flight_requests_per_connection=1,  # keep per-partition order exactly as generated
+            acks="all",
+            max_request_size=4 * 1024 * 1024,
+        )
+        count = 0
+        for key, value in messages:
+            producer.send(self.topics["events"], key=key, value=value)
+            count += 1
+        producer.flush()
+        producer.close()
+        return count
+
+    def wait_until_settled(self, timeout_s: float = 240.0, stable_s: float = 12.0) -> None:
+        """Until the group has consumed every topic to its end and no new output appeared for ``stable_s``."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            deadline = time.monotonic() + timeout_s
+            last_ends: dict[Any, int] | None = None
+            stable_since = time.monotonic()
+            while time.monotonic() < deadline:
+                for worker, process in self.workers.items():
+                    if process.poll() is not None:
+                        raise AssertionError(f"worker {worker} exited {process.returncode}:\n{self.log_tail(worker)}")
+                tps = [
+                    TopicPartition(topic, partition)
+                    for key, topic in self.topics.items()
+                    if key in ("events", "decisions", "prefs")
+                    for partition in range(self.partitions)
+                ]
+                ends = consumer.end_offsets(tps)
+                committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+                caught_up = all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in tps)
+                if ends != last_ends or not caught_up:
+                    last_ends = ends
+                    stable_since = time.monotonic()
+                elif time.monotonic() - stable_since >= stable_s:
+                    return
+                time.sleep(1.0)
+            raise AssertionError(f"guard did not settle in {timeout_s}s:\n{self.log_tail()}")
+        finally:
+            consumer.close()
+            admin.close()
+
+    def read_topic(self, topic_key: str) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+        """Every record of one of our topics, from the beginning."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            records: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                for batch in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+                    for record in batch:
+                        records.append((record.key, record.value, dict(record.headers or [])))
+            return records
+        finally:
+            consumer.close()
+
+    def decisions_on_topic(self) -> Counter[bytes]:
+        """The decisions published (tombstones left out), as canonical JSON, counted."""
+        return Counter(
+            canonical(orjson.loads(value)) for key, value, _ in self.read_topic("decisions") if value is not None
+        )
+
+    def redis_blocks(self) -> dict[str, dict[str, Any]]:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{self.redis_prefix}:block:*", count=1000))
+            values = client.mget(keys) if keys else []
+            return {key.decode(): orjson.loads(value) for key, value in zip(keys, values, strict=True) if value}
+        finally:
+            client.close()
+
+    def cleanup(self) -> None:
+        self.stop_all()
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            ours = [topic for topic in admin.list_topics() if topic.startswith(self.name)]
+            if ours:
+                admin.delete_topics(ours)
+        finally:
+            admin.close()
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        finally:
+            client.close()
+
+
+def canonical(decision: dict[str, Any]) -> bytes:
+    return orjson.dumps(decision, option=orjson.OPT_SORT_KEYS)
