@@ -73,17 +73,11 @@ test: venv
 	if [ -n "$${CI:-}" ]; then $(STACK) down || true; fi; \
 	exit $$rc
 
-# Runs the guard worker against the local stack once `fatigue worker` exists; until then it only
-# reports the stack addresses. A worker CLI that exists but fails is shown, not hidden.
+# Runs the guard worker against the local stack (WORKER_ARGS='--partitions 6 --web-port 6066' to override).
 run: venv stack-up
 	@eval "$$($(STACK) env)"; \
-	if help_out=$$($(BIN)/fatigue worker --help 2>&1); then \
-	  echo "+ fatigue worker $(WORKER_ARGS)  (FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL)"; \
-	  exec $(BIN)/fatigue worker $(WORKER_ARGS); \
-	else \
-	  echo "stack ready: FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL"; \
-	  echo "the guard worker is not available yet ('fatigue worker --help' failed: $$(printf '%s' "$$help_out" | tail -n 1))"; \
-	fi
+	echo "+ fatigue worker $(WORKER_ARGS)  (FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL)"; \
+	exec $(BIN)/fatigue worker $(WORKER_ARGS)
 
 clean:
 	rm -f $(STAMP)

@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     replay.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
-    worker = commands.add_parser("worker", help="run the streaming guard (Faust worker)", add_help=False)
-    worker.add_argument("args", nargs=argparse.REMAINDER)
+    # these run on the real infrastructure and parse their own options (see streams/)
+    commands.add_parser("worker", help="run the streaming guard (Faust worker); see fatigue worker --help")
+    commands.add_parser("send", help="produce events to the input topic; see fatigue send --help")
+    commands.add_parser("check", help="show a customer's blocks and preferences in Redis; see fatigue check --help")
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["worker"]:
-        # the worker parses its own options (streams.settings); pass them through untouched
-        return _worker(argv[1:])
+    if argv[:1] and argv[0] in _INFRA_COMMANDS:
+        return _infra(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "replay":
         return _replay(args)
@@ -65,10 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _worker(argv: list[str]) -> int:
-    from streams.worker import main as worker_main  # heavy imports only when running the worker
+_INFRA_COMMANDS = ("worker", "send", "check")
 
-    return worker_main(argv)
+
+def _infra(command: str, argv: list[str]) -> int:
+    # imported on demand: the core must not pull in Kafka, Redis or Faust
+    if command == "worker":
+        from streams.worker import main as worker_main
+
+        return worker_main(argv)
+    from streams.tools import check_main, send_main
+
+    return send_main(argv) if command == "send" else check_main(argv)
 
 
 def _replay(args: argparse.Namespace) -> int:
