@@ -27,7 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fatigue.clock import PartitionClock
+from fatigue.clock import PartitionClock, partition_for_key
 from fatigue.engine import Guard, Step
 from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.policy import Policy
@@ -41,6 +41,7 @@ log = logging.getLogger("fatigue.worker")
 CONTROL_HEADER = "fatigue-control"
 TICK = b"tick"
 TICK_KEY = b"\x00fatigue-tick"
+REROUTED_HEADER = "fatigue-rerouted-from"
 _FAUST_INTERNAL_PREFIX = b"__faust"
 # Table values are the input offset that last changed the state (to tell a redelivery from a sender's
 # duplicate) followed by the core's own state bytes.
@@ -93,6 +94,19 @@ class GuardService:
             return
         self.last_input[partition] = time.monotonic()
         self._ensure_indexed(partition)
+        if message.key is not None and headers.get(REROUTED_HEADER) is None:
+            expected = partition_for_key(message.key, self.settings.partitions)
+            if expected != partition:
+                # A producer with another partitioner (librdkafka's default is crc32) put this customer on the
+                # wrong partition; its state lives with the murmur2 partition, so forward it there once.
+                self.events.send_soon(
+                    key=message.key,
+                    value=message.value,
+                    partition=expected,
+                    headers=[*(message.headers or ()), (REROUTED_HEADER, str(partition).encode())],
+                )
+                self.metrics.rerouted.inc()
+                return
         raw = message.value if message.value is not None else b""
         parsed = parse_event(raw, message.key, check_key=True, max_bytes=self.policy.max_event_bytes)
         if isinstance(parsed, Rejection):

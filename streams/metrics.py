@@ -24,6 +24,11 @@ class Metrics:
             ["kind", "channel", "sender"],
             registry=r,
         )
+        self.rerouted = Counter(
+            "fatigue_rerouted_total",
+            "Inputs forwarded to their customer's partition (producer used another partitioner)",
+            registry=r,
+        )
         self.tombstones = Counter(
             "fatigue_tombstones_total", "Expired blocks tombstoned on the decisions topic", registry=r
         )
