@@ -70,6 +70,11 @@ class Guard:
         self._global_caps = tuple((rule, rule.text) for rule in policy.caps if rule.channel is None)
         self._global_limits = tuple((rule.window_ms, rule.limit) for rule, _ in self._global_caps)
         self._hangup_rules = tuple((rule, rule.text) for rule in policy.hangup_rules)
+        unbounded = 1 << 62
+        self._min_channel_limit = tuple(
+            min((rule.limit for rule, _ in caps), default=unbounded) for caps in self._channel_caps
+        )
+        self._min_global_limit = min((limit for _, limit in self._global_limits), default=unbounded)
         self._counted = policy.counted_categories
         self._retention_ms = policy.contact_retention_ms
         self._hangup_retention_ms = policy.hangup_retention_ms
@@ -151,6 +156,17 @@ class Guard:
         unread = self.policy.unread
         if unread is not None and channel == EMAIL and event.category == "marketing":
             insort(state.pending, [event.ts_ms + unread.deadline_ms, event.event_id, 0])
+        logs = state.logs
+        if (
+            state.emitted[channel] is None
+            and len(log) < self._min_channel_limit[channel]
+            and len(logs[0]) + len(logs[1]) + len(logs[2]) < self._min_global_limit
+            and state.customer_caps[channel] is None
+            and state.customer_caps[SCOPE_ALL] is None
+        ):
+            # Fast path: nothing was blocking this channel at the last evaluation and no cap can be reached
+            # with this few contacts kept, so a contact cannot change the decision (time alone only ends blocks).
+            return
         now = state.watermark_ms
         assert now is not None
         channels = ALL_CHANNEL_INDEXES if self._cross_channel_cap_reached(state, now) else (channel,)
@@ -465,8 +481,10 @@ class Guard:
 
     def _quiet_rule_at(self, state: CustomerState, channel: int, ts: int) -> str | None:
         """The quiet-hours rule id that ``ts`` falls in for this customer and channel, if any."""
-        ranges: list[tuple[int, int, str]] = []
         own = state.quiet[channel]
+        if own is None and self.policy.quiet_hours is None:
+            return None
+        ranges: list[tuple[int, int, str]] = []
         if own is not None and own[1] is not None:
             ranges.append((own[1], own[2], "customer.quiet_hours"))
         rule = self.policy.quiet_hours
