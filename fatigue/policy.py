@@ -185,7 +185,9 @@ class _Reader:
     def fail(self, where: str, message: str) -> PolicyError:
         return PolicyError(f"{self.source}: {where}: {message}")
 
-    def table(self, value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    def table(
+        self, value: Any, where: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+    ) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise self.fail(where, "must be a table")
         unknown = sorted(set(value) - allowed)
