@@ -38,7 +38,7 @@ from fatigue.engine import Guard
 from fatigue.events import parse_event
 from fatigue.generate import generate_events
 from fatigue.policy import load_policy
-from fatigue.replay import Replay
+from fatigue.replay import Replay, tune_gc
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
@@ -61,7 +61,7 @@ def events_file(events: int, customers: int, seed: int, skew: float) -> Path:
 
 
 def timed(label: str, work: Callable[[], object], count: int) -> float:
-    gc.collect()
+    gc.collect()  # start each measurement without garbage left by the previous one
     started = time.perf_counter()
     work()
     elapsed = time.perf_counter() - started
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             parse_event(line)
 
+    # the same collector tuning as `fatigue replay` and the worker, for every measurement below
+    tune_gc()
     replay = Replay(Guard(policy))
 
     def full_replay() -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from fatigue.engine import Guard
 from fatigue.policy import PolicyError, load_policy
-from fatigue.replay import Replay, file_size, read_lines, resolve_flush_at
+from fatigue.replay import Replay, file_size, read_lines, resolve_flush_at, tune_gc
 from fatigue.timeutil import parse_duration_ms
 
 DEFAULT_POLICY = Path("config/policies/default.toml")
@@ -104,6 +104,7 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fatigue replay: --deadline-settle: {error}", file=sys.stderr)
         return 2
+    tune_gc()
     replay = Replay(Guard(policy), partitions=args.partitions, settle_ms=settle_ms)
     dumps = orjson.dumps
     try:

@@ -7,6 +7,7 @@ for everyone up to ``flush_at_ms`` (by default the newest event time in the inpu
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -19,6 +20,15 @@ from fatigue.clock import PartitionClock, partition_for_key
 from fatigue.engine import Guard, Step
 from fatigue.events import Rejection, parse_event
 from fatigue.state import CustomerState
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage far less often: per-customer states are acyclic lists and dicts, and with the
+    default threshold (700 allocations) the collector keeps rescanning hundreds of thousands of them, which
+    costs about half of a replay's time. Reference counting still frees everything that is not a cycle."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from fatigue.policy import PolicyError, load_policy
+from fatigue.replay import tune_gc
 from streams.settings import Settings, settings_from
 
 log = logging.getLogger("fatigue.worker")
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from streams.app import create_app
 
+    tune_gc()  # the worker holds the same acyclic per-customer states in its caches
     app, _ = create_app(settings, policy)
     log.info(
         "starting worker %s: policy %s, input %s (%d partitions), decisions %s, redis %s, web :%d",
