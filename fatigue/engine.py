@@ -42,6 +42,9 @@ class Step:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
     rejection: Rejection | None = None
+    # the customer was erased: drivers delete every derived record (decision keys without a decision in this
+    # step, preferences) and store ``state`` (a minimal suppression) or delete it when None
+    erased: bool = False
 
 
 @dataclass(slots=True)
@@ -89,6 +92,8 @@ class Guard:
         """Apply one validated event. ``state`` is mutated in place and returned in the step."""
         policy = self.policy
         event_id = event.event_id
+        if event.type == "erase":
+            return self._erase(state, event)
         if state is not None:
             if event_id in state.ids:
                 return Step(state, rejection=_reject(event, "duplicate", "event_id already processed"))
@@ -142,6 +147,41 @@ class Guard:
         return [record[1] for record in state.emitted if record is not None]
 
     # ------------------------------------------------------------------ event handlers
+
+    def _erase(self, state: CustomerState | None, event: Event) -> Step:
+        """Right to erasure: forget everything, except that a channel the customer opted out of stays suppressed.
+
+        The suppression keeps only the channel and the opt-out's source, and is re-published as a block whose
+        evidence says nothing but that the customer was erased.
+        """
+        if state is None:
+            return Step(None, erased=True)
+        minimal = CustomerState(state.customer_id)
+        decisions: list[dict[str, Any]] = []
+        for channel, fact in enumerate(state.opt_outs):
+            if fact is None or not fact[1]:
+                continue
+            source = fact[2]
+            minimal.opt_outs[channel] = [0, True, source]  # no instant: only that the customer opted out
+            decision = {
+                "customer_id": state.customer_id,
+                "channel": CHANNELS[channel],
+                "action": "block",
+                "reason": _OPT_OUT_REASONS[source],
+                "rule": _opt_out_text(source, CHANNELS[channel]),
+                "rule_id": f"opt_out.{source}",
+                "until": None,
+                "until_ms": None,
+                "evidence": {"erased": True},
+                "policy_version": self.policy.version,
+                "decided_at": format_ms(event.ts_ms),
+                "decided_at_ms": event.ts_ms,
+                "cause_event_id": event.event_id,
+            }
+            minimal.emitted[channel] = [event.ts_ms, decision]
+            decisions.append(decision)
+        kept = minimal if decisions else None
+        return Step(kept, decisions=decisions, erased=True)
 
     def _on_contact(self, state: CustomerState, event: Event, step: Step) -> None:
         channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]

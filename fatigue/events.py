@@ -28,6 +28,8 @@ EVENT_TYPES: Final = (
     "complaint",
     "sms_stop",
     "preference",
+    # extension: the right to erasure, sent by a privacy tool; processed in order with the customer's events
+    "erase",
 )
 MAX_ID_CHARS: Final = 128
 MAX_LABEL_CHARS: Final = 128
@@ -164,6 +166,8 @@ def _validate(body: dict[str, Any], event_id: Any, customer_id: Any) -> Event:
         event.channel = _channel(body, required=True)
     elif event_type == "sms_stop":
         event.channel = "sms"
+    elif event_type == "erase":
+        pass
     else:
         event.channel = _channel(body, required=False)
         event.prefs = _preferences(body)

@@ -84,6 +84,14 @@ class Replay:
         if step.rejection is not None:
             stats.rejections[step.rejection.reason] += 1
             return step
+        if step.erased:
+            if step.state is None:
+                self.states.pop(parsed.customer_id, None)
+            else:
+                self.states[parsed.customer_id] = step.state
+            stats.accepted += 1
+            self._count(step)
+            return step
         if state is None and step.state is not None:
             self.states[parsed.customer_id] = step.state
         stats.accepted += 1

@@ -306,7 +306,8 @@ def test_schema_accepts_every_generated_event_the_parser_accepts(generated_lines
             assert schema_errors(orjson.loads(line)) == [], line
             checked[result.type] += 1
     # the stream exercises every event type
-    assert set(checked) == set(EVENT_TYPES)
+    # every contract type appears; "erase" (the privacy extension) is sent by a privacy tool, not generated
+    assert set(checked) == set(EVENT_TYPES) - {"erase"}
 
 
 def test_schema_rejects_generated_malformed_events_except_known_gaps(generated_lines):

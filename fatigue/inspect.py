@@ -1,0 +1,75 @@
+"""The customer's right of access: everything the guard holds about one customer, explained.
+
+Pure: built from a :class:`CustomerState` and the policy at a given instant, so the worker's HTTP view, the CLI and
+the tests (against a replay) all explain a customer the same way.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+from fatigue.engine import Guard
+from fatigue.events import CHANNELS
+from fatigue.state import CustomerState, preferences_view
+from fatigue.timeutil import format_duration, format_ms, format_optional_ms
+
+
+def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> dict[str, Any]:
+    """What is stored about the customer and what it means at ``now_ms`` (default: their newest event time)."""
+    policy = guard.policy
+    at = now_ms if now_ms is not None else (state.watermark_ms or 0)
+    counts: dict[str, dict[str, Any]] = {}
+    for rule in policy.caps:
+        logs = state.logs if rule.channel is None else [state.logs[CHANNELS.index(rule.channel)]]
+        start = at - rule.window_ms
+        count = sum(len(log) - bisect_right(log, start) for log in logs)
+        counts[rule.rule_id] = {
+            "rule": rule.text,
+            "count": count,
+            "limit": rule.limit,
+            "window": format_duration(rule.window_ms),
+            "window_start": format_ms(start),
+        }
+    blocks = [
+        {
+            "channel": decision["channel"],
+            "reason": decision["reason"],
+            "rule": decision["rule"],
+            "until": decision["until"],
+            "decided_at": decision["decided_at"],
+            "evidence": decision["evidence"],
+        }
+        for decision in guard.current_decisions(state, at)
+    ]
+    return {
+        "customer_id": state.customer_id,
+        "at": format_ms(at),
+        "policy_version": policy.version,
+        "newest_event_at": format_optional_ms(state.watermark_ms),
+        "contacts_kept": {
+            channel: [format_ms(ms) for ms in log] for channel, log in zip(CHANNELS, state.logs, strict=True)
+        },
+        "window_counts": counts,
+        "signals": {
+            "short_hangups": [format_ms(ms) for ms in state.hangups],
+            "last_conversation": format_optional_ms(state.conversation_ms),
+            "complaints": {
+                channel: format_ms(ms) for channel, ms in zip(CHANNELS, state.complaints, strict=True) if ms is not None
+            },
+            "unread_streak": state.streak,
+            "emails_awaiting_open": [
+                {"email_event_id": entry[1], "deadline": format_ms(entry[0]), "opened": bool(entry[2])}
+                for entry in state.pending
+            ],
+        },
+        "preferences": preferences_view(state),
+        "active_blocks": blocks,
+        "remembered_event_ids": len(state.ids),
+        "trimmed_entries": state.trimmed,
+        "stored_fields": (
+            "pseudonymous customer id, contact timestamps per channel, outcome timestamps, preferences, "
+            "event ids within the late grace, and the last decision per channel; no phone numbers, addresses "
+            "or message bodies"
+        ),
+    }

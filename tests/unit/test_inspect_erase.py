@@ -1,0 +1,68 @@
+"""The customer's rights: access (inspect) and erasure, in the pure core."""
+
+from __future__ import annotations
+
+import orjson
+
+from fatigue.inspect import explain
+from fatigue.testing import Scenario, at
+from fatigue.timeutil import format_ms
+
+
+def test_inspect_explains_counts_signals_preferences_and_blocks():
+    s = Scenario()
+    s.contact(at(0), "sms", event_id="s1")
+    s.contact(at(1), "sms", event_id="s2")
+    s.call_ended(at(1, hours=1), duration_s=4)
+    s.preference(at(1, hours=2), channel="email", quiet_hours={"start": "21:00", "end": "08:00"})
+    assert s.state is not None
+    view = explain(s.guard, s.state)
+    assert view["customer_id"] == "cust-1"
+    assert view["window_counts"]["cap.sms.7d"]["count"] == 2
+    assert view["window_counts"]["global_cap.7d"]["count"] == 2
+    assert view["signals"]["short_hangups"] == [format_ms(at(1, hours=1))]
+    assert view["preferences"]["quiet_hours"] == {"email": {"start": "21:00", "end": "08:00"}}
+    assert {(b["channel"], b["reason"]) for b in view["active_blocks"]} == {("sms", "cap"), ("call", "short_hangups")}
+    # a week later the sms block has ended and the window is empty
+    later = explain(s.guard, s.state, at(9))
+    assert later["window_counts"]["cap.sms.7d"]["count"] == 0
+    assert {b["channel"] for b in later["active_blocks"]} == set()
+    orjson.dumps(view)  # it is served as JSON
+
+
+def test_erase_forgets_everything():
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(1), "sms")
+    s.preference(at(1), timezone="Europe/Paris")
+    step = s.send({"type": "erase", "ts": at(2)})
+    assert step.erased
+    assert step.state is None
+    assert step.decisions == []
+
+
+def test_erased_customer_who_opted_out_stays_suppressed_with_nothing_else():
+    s = Scenario()
+    s.contact(at(0), "email", sender="crm")
+    s.unsubscribe(at(1), "email")
+    s.complaint(at(1), "call")
+    step = s.send({"type": "erase", "ts": at(2), "event_id": "erase-1"})
+    assert step.erased
+    [decision] = step.decisions
+    assert (decision["channel"], decision["action"], decision["reason"], decision["until"]) == (
+        "email",
+        "block",
+        "unsubscribe",
+        None,
+    )
+    assert decision["evidence"] == {"erased": True}
+    assert decision["cause_event_id"] == "erase-1"
+    kept = step.state
+    assert kept is not None
+    data = kept.to_dict()
+    assert set(data) == {"c", "w", "o", "e"}  # id, no watermark, the opt-out, its decision: nothing else
+    assert data["w"] is None
+    # still suppressed afterwards, and a later opt-in lifts it
+    assert s.contact(at(3), "email").violations
+    [allow] = s.preference(at(4), channel="email", opt_out=False).decisions
+    assert allow["action"] == "allow"
