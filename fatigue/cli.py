@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="run the streaming guard (Faust worker); see fatigue worker --help")
     commands.add_parser("send", help="produce events to the input topic; see fatigue send --help")
     commands.add_parser("check", help="show a customer's blocks and preferences in Redis; see fatigue check --help")
+    commands.add_parser("follow", help="print block decisions, current then live, like a dialer sees them")
+    commands.add_parser("filter", help="keep the audience ids that may be contacted now (Redis, bulk)")
+    commands.add_parser("inspect", help="explain what the guard holds about one customer (right of access)")
+    commands.add_parser("erase", help="erase one customer (right to erasure); opt-outs stay suppressed")
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in _INFRA_COMMANDS:
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-_INFRA_COMMANDS = ("worker", "send", "check")
+_INFRA_COMMANDS = ("worker", "send", "check", "follow", "filter", "inspect", "erase")
 
 
 def _infra(command: str, argv: list[str]) -> int:
@@ -75,9 +79,17 @@ def _infra(command: str, argv: list[str]) -> int:
         from streams.worker import main as worker_main
 
         return worker_main(argv)
-    from streams.tools import check_main, send_main
+    from streams import tools
 
-    return send_main(argv) if command == "send" else check_main(argv)
+    commands = {
+        "send": tools.send_main,
+        "check": tools.check_main,
+        "follow": tools.follow_main,
+        "filter": tools.filter_main,
+        "inspect": tools.inspect_main,
+        "erase": tools.erase_main,
+    }
+    return commands[command](argv)
 
 
 def _replay(args: argparse.Namespace) -> int:

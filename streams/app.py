@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fatigue.clock import PartitionClock, partition_for_key
 from fatigue.engine import Guard, Step
 from fatigue.events import CHANNELS, Rejection, parse_event
+from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
 from streams.metrics import Metrics
@@ -116,6 +117,9 @@ class GuardService:
         assert key is not None
         stored_offset, state = self._load(key)
         step = self.guard.process(state, parsed)
+        if step.erased:
+            self._erase(key, step, partition, message.offset)
+            return
         if step.rejection is not None:
             self._dead_letter(message, step.rejection)
             if step.rejection.reason == "duplicate" and step.state is not None and message.offset <= stored_offset:
@@ -134,6 +138,28 @@ class GuardService:
         clock.observe(step.state)
         self.metrics.partition_event_time.labels(partition=str(partition)).set((clock.time_ms or 0) / 1000)
         self._fire_due(partition, clock.fire_before_ms, "event_time")
+
+    def _erase(self, key: bytes, step: Step, partition: int, offset: int) -> None:
+        """Right to erasure: delete the state and every derived record; keep only opt-out suppressions."""
+        kept = {decision["channel"] for decision in step.decisions}
+        for decision in step.decisions:
+            self._send_decision(decision, partition)
+        customer = key.decode()
+        for channel in CHANNELS:
+            if channel not in kept:
+                self.decisions.send_soon(key=f"{channel}:{customer}".encode(), value=None)
+        self.prefs.send_soon(key=key, value=None)
+        if step.state is None:
+            if key in self.table:
+                del self.table[key]
+        else:
+            self._store(key, step.state, offset)
+        self.metrics.erasures.inc()
+
+    def explain(self, customer_id: str) -> dict[str, Any] | None:
+        """The right-of-access view of one customer held by this worker."""
+        _, state = self._load(customer_id.encode())
+        return explain(self.guard, state, int(time.time() * 1000)) if state is not None else None
 
     def _load(self, key: bytes) -> tuple[int, CustomerState | None]:
         """The stored state and the input offset of the last event that changed it (-1 when none)."""
@@ -390,6 +416,15 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     @app.page("/metrics")
     async def metrics_page(self: Any, request: Any) -> Any:
         return self.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/customers/{customer_id}/")
+    @app.table_route(table=service.table, match_info="customer_id")
+    async def customer_page(self: Any, request: Any, customer_id: str) -> Any:
+        # routed to the worker that owns the customer's partition; answered from its local state
+        view = service.explain(customer_id)
+        if view is None:
+            return self.json({"customer_id": customer_id, "error": "unknown customer"}, status=404)
+        return self.json(view)
 
     @app.page("/health")
     async def health_page(self: Any, request: Any) -> Any:

@@ -29,6 +29,7 @@ class Metrics:
             "Inputs forwarded to their customer's partition (producer used another partitioner)",
             registry=r,
         )
+        self.erasures = Counter("fatigue_erasures_total", "Customers erased on request", registry=r)
         self.tombstones = Counter(
             "fatigue_tombstones_total", "Expired blocks tombstoned on the decisions topic", registry=r
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -72,4 +73,137 @@ def check_main(argv: list[str]) -> int:
         "preferences": orjson.loads(values[3]) if values[3] else None,
     }
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def follow_main(argv: list[str]) -> int:
+    """Print block decisions as JSON lines: the current set first, then live ones (like a dialer sees them)."""
+    parser = argparse.ArgumentParser(prog="fatigue follow", description=follow_main.__doc__)
+    parser.add_argument("--channel", choices=CHANNELS, help="only this channel")
+    parser.add_argument("--bootstrap", default=os.environ.get("FATIGUE_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--topic", default=os.environ.get("FATIGUE_DECISIONS_TOPIC", "fatigue.blocks.v1"))
+    parser.add_argument("--no-live", action="store_true", help="stop after printing the current set")
+    args = parser.parse_args(argv)
+    from streams.sender import BlockFollower
+
+    out = sys.stdout.buffer
+
+    def show(key: str, decision: dict[str, object] | None) -> None:
+        if live:
+            record = decision if decision is not None else {"key": key, "action": "deleted"}
+            out.write(orjson.dumps(record) + b"\n")
+            out.flush()
+
+    live = False
+    follower = BlockFollower(args.bootstrap, args.topic, channel=args.channel, on_change=show)
+    try:
+        follower.bootstrap()
+        for decision in follower.active().values():
+            out.write(orjson.dumps(decision) + b"\n")
+        out.flush()
+        live = True
+        if not args.no_live:
+            follower.follow()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        follower.close()
+    return 0
+
+
+def filter_main(argv: list[str]) -> int:
+    """Keep the audience ids (one per line) that may be contacted now; removed counts by reason on stderr."""
+    parser = argparse.ArgumentParser(prog="fatigue filter", description=filter_main.__doc__)
+    parser.add_argument("audience", help="file of customer ids, one per line ('-' for stdin)")
+    parser.add_argument("--channel", choices=CHANNELS, required=True)
+    parser.add_argument("--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser.add_argument("--prefix", default=os.environ.get("FATIGUE_REDIS_PREFIX", "fatigue"))
+    parser.add_argument("--policy", help="policy file, to honour its quiet hours too (e.g. the tcpa preset)")
+    args = parser.parse_args(argv)
+    import redis
+
+    from fatigue.policy import load_policy
+    from streams.sender import PreSendCheck
+
+    policy = load_policy(args.policy) if args.policy else None
+    source = sys.stdin.buffer if args.audience == "-" else open(args.audience, "rb")  # noqa: SIM115
+    total = os.fstat(source.fileno()).st_size if args.audience != "-" else 0
+    progress = sys.stderr.isatty() and total > 1_000_000
+    client = redis.Redis.from_url(args.redis_url)
+    check = PreSendCheck(client, prefix=args.prefix, policy=policy)
+    out = sys.stdout.buffer
+    removed: dict[str, int] = {}
+    kept = seen = done = 0
+    started = time.monotonic()
+
+    def ids() -> Iterator[str]:
+        nonlocal done
+        for line in source:
+            done += len(line)
+            customer_id = line.strip().decode()
+            if customer_id:
+                yield customer_id
+
+    try:
+        for customer_id, verdict in check.filter(ids(), args.channel):
+            seen += 1
+            if verdict.allowed:
+                kept += 1
+                out.write(customer_id.encode() + b"\n")
+            else:
+                reason = verdict.reason or "blocked"
+                removed[reason] = removed.get(reason, 0) + 1
+            if progress and seen % 50_000 == 0:
+                sys.stderr.write(f"\rfilter {done * 100 // max(total, 1):3d}%  {seen:,} ids")
+    finally:
+        out.flush()
+        client.close()
+        if source is not sys.stdin.buffer:
+            source.close()
+    elapsed = time.monotonic() - started
+    if progress:
+        sys.stderr.write("\n")
+    summary = ", ".join(f"{reason} {count}" for reason, count in sorted(removed.items())) or "none"
+    print(f"{seen} ids, {kept} allowed, {seen - kept} removed ({summary}) in {elapsed:.2f}s", file=sys.stderr)
+    return 0
+
+
+def erase_main(argv: list[str]) -> int:
+    """Erase a customer (right to erasure): the guard forgets them, keeping only an opt-out suppression."""
+    parser = argparse.ArgumentParser(prog="fatigue erase", description=erase_main.__doc__)
+    parser.add_argument("customer_id")
+    parser.add_argument("--bootstrap", default=os.environ.get("FATIGUE_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--topic", default=os.environ.get("FATIGUE_EVENTS_TOPIC", "fatigue.events.v1"))
+    args = parser.parse_args(argv)
+    import uuid
+
+    event = {
+        "type": "erase",
+        "event_id": f"erase-{uuid.uuid4()}",
+        "customer_id": args.customer_id,
+        "ts": int(time.time() * 1000),
+    }
+    return send_main([orjson.dumps(event).decode(), "--bootstrap", args.bootstrap, "--topic", args.topic])
+
+
+def inspect_main(argv: list[str]) -> int:
+    """Explain what the guard holds about one customer (right of access), from any running worker."""
+    parser = argparse.ArgumentParser(prog="fatigue inspect", description=inspect_main.__doc__)
+    parser.add_argument("customer_id")
+    parser.add_argument("--url", default=os.environ.get("FATIGUE_WORKER_URL", "http://127.0.0.1:6066"))
+    args = parser.parse_args(argv)
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    address = f"{args.url.rstrip('/')}/customers/{urllib.parse.quote(args.customer_id, safe='')}/"
+    try:
+        with urllib.request.urlopen(address, timeout=10) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            print(f"the guard holds nothing about {args.customer_id}", file=sys.stderr)
+            return 1
+        raise
+    sys.stdout.buffer.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
     return 0
