@@ -186,8 +186,9 @@ def test_inspect_matches_replay_and_erase_leaves_only_the_opt_out(
         assert view == orjson.loads(orjson.dumps(explain(guard, replay.states[customer], at)))
     assert inspect("never-seen") is None
 
-    # erase c000: unsubscribed from email (suppression stays), sms-capped, hung up on a call, has preferences
-    deployment.produce([_event("erase", "c000", now, "erase-c000")])
+    # erase c000: unsubscribed from email (suppression stays), sms-capped, hung up on a call, has preferences;
+    # erase c001: sms-capped only, so nothing at all may remain
+    deployment.produce([_event("erase", "c000", now, "erase-c000"), _event("erase", "c001", now, "erase-c001")])
     client = redis.Redis.from_url(deployment.redis_url)
     try:
         deadline = time.monotonic() + 60
@@ -203,6 +204,12 @@ def test_inspect_matches_replay_and_erase_leaves_only_the_opt_out(
         assert client.get(f"{deployment.redis_prefix}:prefs:c000") is None
     finally:
         client.close()
+    assert inspect("c001") is None  # no state left
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{deployment.redis_prefix}:*:c001")) == []
+    finally:
+        client.close()
     view = inspect("c000")
     assert view is not None
     assert view["contacts_kept"] == {"email": [], "sms": [], "call": []}
@@ -212,7 +219,8 @@ def test_inspect_matches_replay_and_erase_leaves_only_the_opt_out(
     # on the decisions topic, the latest record per key of c000 is the suppression or a tombstone
     latest: dict[bytes, bytes | None] = {}
     for key, value, _ in deployment.read_topic("decisions"):
-        if key is not None and key.endswith(b":c000"):
+        if key is not None and (key.endswith(b":c000") or key.endswith(b":c001")):
             latest[key] = value
     assert latest[b"email:c000"] is not None
     assert latest[b"sms:c000"] is None and latest.get(b"call:c000") is None
+    assert all(value is None for key, value in latest.items() if key.endswith(b":c001"))
