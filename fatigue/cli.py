@@ -1,4 +1,5 @@
-"""The ``fatigue`` command line: ``replay`` (offline, pure core) and ``worker`` (the Faust guard)."""
+"""The ``fatigue`` command line: ``replay``, ``backtest``, ``import-bank`` (offline, pure core) and ``worker``
+(the Faust guard)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import IO
 
 import orjson
 
+from fatigue import backtest_cli
 from fatigue.engine import Guard
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import Replay, file_size, read_lines, resolve_flush_at, tune_gc
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     replay.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
+    # offline backtest of policies on a history, and the bank marketing importer (see fatigue/backtest_cli.py)
+    backtest_cli.add_parsers(commands)
+
     # these run on the real infrastructure and parse their own options (see streams/)
     commands.add_parser("worker", help="run the streaming guard (Faust worker); see fatigue worker --help")
     commands.add_parser("send", help="produce events to the input topic; see fatigue send --help")
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "replay":
         return _replay(args)
+    if args.command in backtest_cli.COMMANDS:
+        return backtest_cli.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
