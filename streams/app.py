@@ -16,6 +16,7 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -33,7 +34,7 @@ from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
-from streams.metrics import Metrics
+from streams.metrics import NO_BLOCKS, ActiveBlocks, Metrics, block_untils, install_faust_sensor
 from streams.redis_view import RedisView, block_key, prefs_key
 from streams.settings import Settings
 
@@ -49,6 +50,8 @@ _FAUST_INTERNAL_PREFIX = b"__faust"
 _OFFSET_BYTES = 8
 # the event types that change what preferences_view publishes (time zone, quiet hours, caps, opt-outs)
 _PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
+# how often lag, state size and active blocks are refreshed (a scrape every 15s sees fresh values)
+_GAUGE_INTERVAL_S = 5.0
 
 
 class GuardService:
@@ -66,22 +69,26 @@ class GuardService:
         self.prefs = app.topic(settings.prefs_topic, **raw)
         self.dlq = app.topic(settings.dlq_topic, **raw)
         self.violations = app.topic(settings.violations_topic, **raw)
+        # Keys and values are our own bytes (values: offset + the core's compact state), so store and changelog
+        # must pass them through untouched. Faust derives the serializers of the table, its store *and* its
+        # changelog topic (created inside app.Table) from key_type/value_type, json when they are not given:
+        # they must be bytes here, or the changelog is written raw but read back as json, and a worker that
+        # restores a partition from the changelog (new host, wiped data dir, rebalance) silently gets no state.
         self.table = app.Table(
             "customer-state-v1",
             default=None,
+            key_type=bytes,
+            value_type=bytes,
             partitions=settings.partitions,
             options={"block_cache_size": settings.rocksdb_block_cache_bytes},
         )
-        # Faust derives table serializers from key/value *types* (json for plain bytes); our values are the
-        # core's own compact orjson bytes, so store and changelog must pass them through untouched.
-        table: Any = self.table
-        table.key_serializer = "raw"
-        table.value_serializer = "raw"
         self.clocks: dict[int, PartitionClock] = {}
         self.expiries: dict[int, list[tuple[int, str, int]]] = {}
         self.last_offset: dict[int, int] = {}
         self.last_input: dict[int, float] = {}
         self.tick_pending: dict[int, float] = {}
+        self.active_blocks = ActiveBlocks()
+        self.customers: dict[int, int] = {}  # stored states per indexed partition, for fatigue_state_customers
 
     # ------------------------------------------------------------------ input agent
 
@@ -116,7 +123,11 @@ class GuardService:
         key = message.key
         assert key is not None
         stored_offset, state = self._load(key)
+        blocks_before = block_untils(state)  # the core mutates the state in place
         step = self.guard.process(state, parsed)
+        self.active_blocks.change(partition, blocks_before, block_untils(step.state))
+        if (state is None) != (step.state is None) and partition in self.customers:
+            self.customers[partition] += 1 if state is None else -1  # a new customer, or an erased one
         if step.erased:
             self._erase(key, step, partition, message.offset)
             return
@@ -186,7 +197,9 @@ class GuardService:
         for violation in step.violations:
             self.violations.send_soon(key=key, value=orjson.dumps(violation))
             self.metrics.violations.labels(
-                kind=violation["kind"], channel=violation["channel"], sender=violation["sender"] or "unknown"
+                kind=violation["kind"],
+                channel=violation["channel"],
+                sender=self.metrics.sender_label(violation["sender"]),  # capped: senders come from the input
             ).inc()
 
     def _send_decision(self, decision: dict[str, Any], partition: int) -> None:
@@ -227,14 +240,19 @@ class GuardService:
             return
         clock = self._clock(partition)
         expiries: list[tuple[int, str, int]] = []
+        self.active_blocks.reset(partition, int(time.time() * 1000))
+        customers = 0
         for stored in self._stored_states(partition):
             state = CustomerState.from_bytes(stored[_OFFSET_BYTES:])
             clock.observe(state)
+            self.active_blocks.change(partition, NO_BLOCKS, block_untils(state))
+            customers += 1
             for channel, record in enumerate(state.emitted):
                 if record is not None and record[1]["action"] == "block" and record[1]["until_ms"] is not None:
                     expiries.append((record[1]["until_ms"], state.customer_id, channel))
         heapq.heapify(expiries)
         self.expiries[partition] = expiries
+        self.customers[partition] = customers
         log.info("partition %d indexed: %d pending deadlines, %d expiring blocks", partition, len(clock), len(expiries))
 
     def _stored_states(self, partition: int) -> Iterable[bytes]:
@@ -257,7 +275,9 @@ class GuardService:
             offset, state = self._load(key)
             if state is None:
                 continue
+            blocks_before = block_untils(state)
             step = self.guard.advance(state, before_ms)
+            self.active_blocks.change(partition, blocks_before, block_untils(step.state))
             self._commit(key, step, partition, offset)
             clock.schedule(state)
             self.metrics.deadlines_fired.labels(clock=clock_name).inc()
@@ -287,6 +307,8 @@ class GuardService:
         self.clocks.clear()
         self.expiries.clear()
         self.tick_pending.clear()
+        self.active_blocks.forget()
+        self.customers.clear()
 
     def quiet_partitions(self) -> list[int]:
         """Input partitions we own that have nothing left to read and had no input for ``quiet_after_s``."""
@@ -325,6 +347,63 @@ class GuardService:
     def owned_partitions(self, topic: str) -> list[int]:
         return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
 
+    # ------------------------------------------------------------------ operational gauges
+
+    async def refresh_gauges(self) -> None:
+        """Consumer lag, state size and active blocks: values read on a timer, not per event."""
+        self.active_blocks.publish(self.metrics.active_blocks, int(time.time() * 1000))
+        try:
+            consumer = self.app.consumer
+            assignment = consumer.assignment()
+        except Exception:  # the consumer is not started yet (or is restarting): nothing to measure
+            return
+        inputs = (self.settings.events_topic, self.settings.decisions_topic, self.settings.prefs_topic)
+        tps = sorted((tp for tp in assignment if tp.topic in inputs), key=lambda tp: (tp.topic, tp.partition))
+        for topic in inputs:
+            self.metrics.assigned_partitions.labels(topic=topic).set(sum(1 for tp in tps if tp.topic == topic))
+        self.metrics.set_consumer_lag(await self._lags(consumer, tps))
+        owned = [tp.partition for tp in tps if tp.topic == inputs[0]]
+        self.metrics.set_state_size(
+            {p: self.customers[p] for p in owned if p in self.customers}, self._store_bytes(owned)
+        )
+        self.metrics.refreshes.inc()
+
+    async def _lags(self, consumer: Any, tps: list[Any]) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        try:
+            # asked from the broker: the fetcher's cached high watermark stops moving while a partition is paused
+            highwaters = dict(await asyncio.wait_for(consumer.highwaters(*tps), timeout=5.0))
+        except Exception:
+            highwaters = {tp: consumer.highwater(tp) for tp in tps}
+        # faust's record of the group's committed offsets (next offset to read), kept per assigned partition
+        committed: Any = getattr(consumer, "_committed_offset", {})
+        lags: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            highwater = highwaters.get(tp)
+            if highwater is None:
+                continue
+            candidates = [committed.get(tp)]
+            if tp.topic == self.settings.events_topic and tp.partition in self.last_offset:
+                candidates.append(self.last_offset[tp.partition] + 1)  # processed, maybe not committed yet
+            known = [offset for offset in candidates if offset is not None]
+            if known:
+                lags[(tp.topic, tp.partition)] = max(highwater - max(known), 0)
+        return lags
+
+    def _store_bytes(self, partitions: list[int]) -> dict[int, int]:
+        databases: Any = getattr(self.table.data, "_dbs", {})  # faust's open RocksDB per partition
+        sizes: dict[int, int] = {}
+        for partition in partitions:
+            database = databases.get(partition)
+            if database is None or not hasattr(database, "property_int_value"):
+                continue
+            sizes[partition] = sum(
+                int(database.property_int_value(name) or 0)
+                for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables")
+            )
+        return sizes
+
 
 def _tick_time(value: bytes | None) -> int:
     """The wall-clock instant a tick carries, never later than our own clock: a forged tick from the future
@@ -338,7 +417,8 @@ def _tick_time(value: bytes | None) -> int:
 
 def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = None) -> tuple[faust.App, GuardService]:
     """Build the Faust app and its service from settings (the composition root)."""
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(max_sender_labels=settings.sender_label_limit)
+    metrics.policy_info.labels(version=policy.version).set(1)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
@@ -359,6 +439,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         web_host=settings.web_host,
         autodiscover=False,
     )
+    install_faust_sensor(app, metrics.registry)  # faust's rebalance/commit/send metrics on the same /metrics
     service = GuardService(settings, policy, app, metrics)
     redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     blocks_view = RedisView(
@@ -409,6 +490,10 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
 
     def forget_indexes(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         service.partitions_changed()
+
+    @app.timer(interval=_GAUGE_INTERVAL_S)
+    async def refresh_gauges() -> None:
+        await service.refresh_gauges()
 
     app.on_partitions_revoked.connect(forget_indexes)
     app.on_partitions_assigned.connect(forget_indexes)

@@ -1,13 +1,37 @@
-"""Prometheus metrics of the worker. Labels never carry customer ids (unbounded, and personal data)."""
+"""Prometheus metrics of the worker. Labels never carry customer ids (unbounded, and personal data).
+
+Every label has a bounded set of values: event types, channels, categories, reject reasons and decision reasons come
+from the contract and the policy; partitions and topics from the deployment; senders are capped (see
+:meth:`Metrics.sender_label`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import heapq
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from fatigue.events import CHANNELS
+from fatigue.state import CustomerState
+
+# Violations are labelled by sender so ops can see who contacts blocked customers; a sender id comes from the
+# input, so only the first this-many distinct senders get their own series and the rest share "other".
+DEFAULT_MAX_SENDER_LABELS = 50
+OTHER_SENDER = "other"
+UNKNOWN_SENDER = "unknown"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, max_sender_labels: int = DEFAULT_MAX_SENDER_LABELS
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.max_sender_labels = max_sender_labels
+        self._senders: set[str] = set()
+        self._lag_series: set[tuple[str, str]] = set()
+        self._state_series: set[tuple[str, str]] = set()
         r = self.registry
         self.events = Counter(
             "fatigue_events_total", "Accepted input events", ["type", "channel", "category"], registry=r
@@ -62,3 +86,204 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        # --- operations (updated by the worker's gauge timer, see streams.app) ---
+        self.active_blocks = Gauge(
+            "fatigue_active_blocks",
+            "Blocks in force now (wall clock) on this worker's partitions, by channel (see ActiveBlocks)",
+            ["channel"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "fatigue_consumer_lag_messages",
+            "Records not yet processed per assigned input partition (high watermark - next offset to process)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "fatigue_assigned_partitions", "Input partitions assigned to this worker", ["topic"], registry=r
+        )
+        self.state_customers = Gauge(
+            "fatigue_state_customers",
+            "Customers stored per owned input partition (counted when indexed, then kept up to date)",
+            ["partition"],
+            registry=r,
+        )
+        self.state_store_bytes = Gauge(
+            "fatigue_state_store_bytes",
+            "RocksDB SST files plus memtables per owned input partition",
+            ["partition"],
+            registry=r,
+        )
+        self.policy_info = Gauge(
+            "fatigue_policy_info", "The policy this worker runs (value 1)", ["version"], registry=r
+        )
+        self.refreshes = Counter(
+            "fatigue_metric_refreshes_total",
+            "Runs of the timer that refreshes lag, state size and active blocks (stalls when the worker does)",
+            registry=r,
+        )
+        # memory and CPU of the worker (our registry is not the default one, which would carry it)
+        ProcessCollector(registry=r)
+        # series with known label values exist from the start, so rate() and alerts see their first increase
+        for channel in CHANNELS:
+            self.active_blocks.labels(channel=channel).set(0)
+        for clock in ("event_time", "wall_clock"):
+            self.deadlines_fired.labels(clock=clock)
+        for op in ("set", "del"):
+            self.redis_writes.labels(op=op)
+
+    def sender_label(self, sender: str | None) -> str:
+        """The ``sender`` label value: the sender id for the first ``max_sender_labels`` senders, else "other"."""
+        if sender is None:
+            return UNKNOWN_SENDER
+        if sender in self._senders:
+            return sender
+        if len(self._senders) < self.max_sender_labels:
+            self._senders.add(sender)
+            return sender
+        return OTHER_SENDER
+
+    def set_consumer_lag(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """Replace the lag series: partitions no longer assigned here disappear instead of going stale."""
+        current = {(topic, str(partition)) for topic, partition in lags}
+        for topic, label in self._lag_series - current:
+            self.consumer_lag.remove(topic, label)
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        self._lag_series = current
+
+    def set_state_size(self, customers: Mapping[int, int], store_bytes: Mapping[int, int]) -> None:
+        """Per owned partition: customers and store bytes; partitions moved away are removed."""
+        current = {("customers", str(partition)) for partition in customers}
+        current |= {("bytes", str(partition)) for partition in store_bytes}
+        for kind, label in self._state_series - current:
+            (self.state_customers if kind == "customers" else self.state_store_bytes).remove(label)
+        for partition, count in customers.items():
+            self.state_customers.labels(partition=str(partition)).set(count)
+        for partition, size in store_bytes.items():
+            self.state_store_bytes.labels(partition=str(partition)).set(size)
+        self._state_series = current
+
+
+# Per channel: the ``until_ms`` of the block last emitted, INDEFINITE for a block without end, None for none.
+BlockUntils = tuple[int | None, ...]
+INDEFINITE = -1
+NO_BLOCKS: BlockUntils = (None,) * len(CHANNELS)
+
+
+def block_untils(state: CustomerState | None) -> BlockUntils:
+    """What :class:`ActiveBlocks` needs of a state: per channel, when its last emitted block ends."""
+    if state is None:
+        return NO_BLOCKS
+    out: list[int | None] = []
+    for record in state.emitted:
+        if record is None or record[1]["action"] != "block":
+            out.append(None)
+        else:
+            until = record[1]["until_ms"]
+            out.append(INDEFINITE if until is None else until)
+    return tuple(out)
+
+
+class _PartitionBlocks:
+    __slots__ = ("buckets", "heaps", "indefinite", "swept_ms", "timed")
+
+    def __init__(self, now_ms: int) -> None:
+        channels = len(CHANNELS)
+        self.indefinite = [0] * channels
+        self.timed = [0] * channels
+        # per channel: expiry second -> blocks ending in it, plus a min-heap of those seconds for the sweep
+        self.buckets: list[dict[int, int]] = [{} for _ in range(channels)]
+        self.heaps: list[list[int]] = [[] for _ in range(channels)]
+        # every bucket ending at or before this instant has been dropped (its blocks are over)
+        self.swept_ms = now_ms
+
+
+class ActiveBlocks:
+    """Blocks in force per channel on the partitions this worker owns, without per-customer memory.
+
+    A partition's counts are rebuilt exactly from its stored states when the worker indexes it (after every
+    assignment), then follow each state change (``before`` -> ``after`` of a customer's last emitted blocks).
+    Timed blocks are counted in one-second expiry buckets that the gauge timer drops as wall clock passes them,
+    because a block that simply reaches its ``until`` emits no message. Approximations: a block may be counted up
+    to one second plus one timer interval after its ``until``, and a partition counts nothing between a rebalance
+    and its re-indexing (its first message or quiet tick).
+    """
+
+    def __init__(self) -> None:
+        self._partitions: dict[int, _PartitionBlocks] = {}
+
+    def forget(self) -> None:
+        self._partitions.clear()
+
+    def reset(self, partition: int, now_ms: int) -> None:
+        self._partitions[partition] = _PartitionBlocks(now_ms)
+
+    def change(self, partition: int, before: BlockUntils, after: BlockUntils) -> None:
+        if before == after:
+            return
+        blocks = self._partitions.get(partition)
+        if blocks is None:
+            return  # not indexed yet: the rebuild will count the stored state
+        for channel, (old, new) in enumerate(zip(before, after, strict=True)):
+            if old != new:
+                if old is not None:
+                    self._count(blocks, channel, old, -1)
+                if new is not None:
+                    self._count(blocks, channel, new, 1)
+
+    @staticmethod
+    def _count(blocks: _PartitionBlocks, channel: int, until_ms: int, delta: int) -> None:
+        if until_ms == INDEFINITE:
+            blocks.indefinite[channel] = max(blocks.indefinite[channel] + delta, 0)
+            return
+        second = -(-until_ms // 1000)  # ceil: the bucket is dropped only once every block in it has ended
+        if second * 1000 <= blocks.swept_ms:
+            return  # over already: it was (or would have been) dropped with its bucket
+        bucket = blocks.buckets[channel]
+        count = bucket.get(second)
+        if count is None:
+            if delta < 0:
+                return
+            heapq.heappush(blocks.heaps[channel], second)
+            count = 0
+        bucket[second] = max(count + delta, 0)
+        blocks.timed[channel] += bucket[second] - count
+
+    def counts(self, now_ms: int) -> list[int]:
+        """Blocks in force per channel (index as in CHANNELS) at wall-clock ``now_ms``, dropping ended buckets."""
+        totals = [0] * len(CHANNELS)
+        for blocks in self._partitions.values():
+            if now_ms > blocks.swept_ms:
+                for channel, heap in enumerate(blocks.heaps):
+                    bucket = blocks.buckets[channel]
+                    while heap and heap[0] * 1000 <= now_ms:
+                        blocks.timed[channel] -= bucket.pop(heapq.heappop(heap))
+                blocks.swept_ms = now_ms
+            for channel in range(len(CHANNELS)):
+                totals[channel] += blocks.indefinite[channel] + blocks.timed[channel]
+        return totals
+
+    def publish(self, gauge: Gauge, now_ms: int) -> None:
+        for channel, count in zip(CHANNELS, self.counts(now_ms), strict=True):
+            gauge.labels(channel=channel).set(count)
+
+
+def install_faust_sensor(app: Any, registry: CollectorRegistry) -> None:
+    """Faust's own Prometheus sensor (rebalances, commits, sends, per-topic receive counts) in our registry.
+
+    Series are prefixed ``faust_``. Faust names one histogram ``..._events_runtime_ms``, which Prometheus' linter
+    rejects (abbreviated unit): it is registered as ``faust_events_runtime_latency`` instead, in milliseconds like
+    faust's other ``*_latency`` histograms. We serve /metrics ourselves, so faust's page is not installed.
+    """
+    from faust.sensors.prometheus import MS_LATENCY_BUCKETS, FaustMetrics, PrometheusMonitor
+
+    faust_metrics = FaustMetrics.create(registry, "faust")
+    registry.unregister(faust_metrics.events_runtime_latency)
+    runtime = Histogram(
+        "faust_events_runtime_latency",
+        "Events runtime in ms (faust's events_runtime_ms)",
+        buckets=MS_LATENCY_BUCKETS,
+        registry=registry,
+    )
+    app.monitor = PrometheusMonitor(metrics=faust_metrics._replace(events_runtime_latency=runtime))

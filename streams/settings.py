@@ -38,6 +38,8 @@ class Settings:
     tick_interval_s: float = 1.0
     redis_batch: int = 500
     rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
+    # violations are labelled by sender in /metrics: this many distinct senders, the rest as "other"
+    sender_label_limit: int = 50
     log_level: str = "info"
 
     @property
@@ -64,6 +66,7 @@ _ENV = {
     "quiet_after_s": "FATIGUE_QUIET_AFTER",
     "wall_settle_ms": "FATIGUE_WALL_SETTLE",
     "log_level": "FATIGUE_LOG_LEVEL",
+    "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 

@@ -7,6 +7,7 @@ import sys
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from prometheus_client import disable_created_metrics
 
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import tune_gc
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from streams.app import create_app
 
     tune_gc()  # the worker holds the same acyclic per-customer states in its caches
+    # *_created series would double the scrape for a value no dashboard or alert of ours reads
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     app, _ = create_app(settings, policy)
     log.info(
         "starting worker %s: policy %s, input %s (%d partitions), decisions %s, redis %s, web :%d",
