@@ -71,6 +71,7 @@ test: venv deps
 	$(STACK) up || rc=$$?; \
 	if [ "$$rc" -eq 0 ]; then \
 	  eval "$$($(STACK) env)"; \
+	  export FATIGUE_REQUIRE_CHROMIUM=1; \
 	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
 	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
 	  echo "+ pytest $(PYTEST_ARGS)"; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \

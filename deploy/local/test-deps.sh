@@ -3,6 +3,7 @@
 #   - promtool and prometheus (Debian's `prometheus`): rule unit tests, `promtool check metrics`, and the
 #     end-to-end test that runs a real Prometheus server against a real worker (never as a system service);
 #   - kcat (Debian's `kcat`): the dialer-side Kafka client the docs and their tests use;
+#   - chromium (Debian's `chromium`): the backtest report's render test opens the HTML in a headless browser;
 #   - the Docker Compose v2 CLI plugin, built from its Go module (needs `go`): `docker compose config` validates
 #     deploy/docker-compose.yml without a Docker engine. The first build takes a few minutes.
 #
@@ -48,10 +49,12 @@ ensure_debian_tools() {
     local -a missing=()
     command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     [[ ${#missing[@]} -eq 0 ]] && return 0
     apt_install "${missing[@]}"
     command -v promtool >/dev/null 2>&1 || die "promtool is still missing after apt-get install prometheus"
     command -v kcat >/dev/null 2>&1 || die "kcat is still missing after apt-get install kcat"
+    command -v chromium >/dev/null 2>&1 || die "chromium is still missing after apt-get install chromium"
 }
 
 compose_available() {
