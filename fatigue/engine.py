@@ -195,7 +195,12 @@ class Guard:
             state.trimmed += 1
         unread = self.policy.unread
         if unread is not None and channel == EMAIL and event.category == "marketing":
-            insort(state.pending, [event.ts_ms + unread.deadline_ms, event.event_id, 0])
+            pending = state.pending
+            insort(pending, [event.ts_ms + unread.deadline_ms, event.event_id, 0])
+            if len(pending) > self.policy.max_contacts_per_channel:
+                # a hot key: stop tracking its oldest unsettled mail (counted in `trimmed`) to stay bounded
+                del pending[0]
+                state.trimmed += 1
         logs = state.logs
         if (
             state.emitted[channel] is None

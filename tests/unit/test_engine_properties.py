@@ -17,7 +17,7 @@ from fatigue.engine import Guard
 from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.policy import CapRule, Policy
 from fatigue.state import CustomerState
-from fatigue.testing import DAY, HOUR, MINUTE, T0
+from fatigue.testing import DAY, HOUR, T0, policy_named
 
 CAPS = (
     CapRule("cap.sms.7d", "sms", 2, 7 * DAY),
@@ -174,24 +174,33 @@ def test_decisions_change_whenever_emitted_and_state_round_trips(history):
 
 
 def test_hot_customer_state_stays_bounded():
-    guard = Guard(POLICY)
+    """A customer hammered on every channel (a contact every 20 s, hang-ups, opens) keeps a bounded state."""
+    guard = Guard(policy_named("default"))
     state: CustomerState | None = None
-    for index in range(5_000):
-        raw = orjson.dumps(
-            {
-                "type": "contact",
-                "event_id": f"e{index}",
-                "customer_id": "hot",
-                "ts": T0 + index * MINUTE,
-                "channel": CHANNELS[index % 3],
-            }
-        )
+    sizes = []
+    for index in range(60_000):
+        ts = T0 + index * 20_000
+        kind = index % 10
+        if kind == 7:
+            body = {"type": "call_ended", "duration_s": 3}
+        elif kind == 8:
+            body = {"type": "email_opened", "ref": f"e{index - 2}"}
+        else:
+            body = {"type": "contact", "channel": CHANNELS[index % 3]}
+        raw = orjson.dumps({**body, "event_id": f"e{index}", "customer_id": "hot", "ts": ts})
         event = parse_event(raw)
         assert not isinstance(event, Rejection)
         state = guard.process(state, event).state
+        if index % 20_000 == 19_999:
+            assert state is not None
+            sizes.append(len(state.to_bytes()))
     assert state is not None
-    assert all(len(log) <= POLICY.max_contacts_per_channel for log in state.logs)
-    assert len(state.ids) <= POLICY.max_event_ids
+    limit = guard.policy.max_contacts_per_channel
+    assert all(len(log) <= limit for log in state.logs)
+    assert len(state.pending) <= limit
+    assert len(state.hangups) <= guard.policy.max_signals
+    assert len(state.ids) <= guard.policy.max_event_ids
     assert state.trimmed > 0
-    # bounded by the policy: 3 x 256 contact timestamps and 512 remembered ids, whatever the traffic
-    assert len(state.to_bytes()) < 40_000
+    # bounded by the policy, whatever the traffic: it stops growing
+    assert max(sizes) < 64_000
+    assert max(sizes) - min(sizes) < 0.2 * max(sizes)
