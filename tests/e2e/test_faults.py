@@ -1,0 +1,266 @@
+"""Faults and hostile input on the real stack: a Redis outage, an invalid policy, and garbage at volume.
+
+Each scenario prints what it injected and what it verified; the oracle is the replay of the same messages.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.e2e.harness import REPO, GuardDeployment, free_port
+from tests.e2e.parity import Messages, assert_exact_parity, dead_letters, make_messages
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, so it can be stopped and started without touching the shared one."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        server = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while (
+            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True).stdout.strip()
+            != "PONG"
+        ):
+            assert time.monotonic() < deadline, "private redis did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_outage_does_not_stop_the_guard_and_redis_is_reconciled(
+    bootstrap_servers: str, private_redis: PrivateRedis, tmp_path: Path
+):
+    deployment = GuardDeployment(bootstrap_servers, private_redis.url, tmp_path / "d")
+    deployment.workdir.mkdir()
+    try:
+        deployment.create_topics()
+        messages = make_messages(24_000, 1_500, seed=21)
+        thirds = [messages[:8_000], messages[8_000:16_000], messages[16_000:]]
+        deployment.start_worker("w1")
+        deployment.produce(thirds[0])
+        deployment.wait_until_committed(8_000)
+        private_redis.stop()
+        print("\nredis stopped after 8,000 messages; producing 8,000 more")
+        deployment.produce(thirds[1])
+        committed, _ = deployment.wait_until_committed(16_000, timeout_s=180)
+        print(f"consumption went on without redis: {committed} input offsets committed")
+        time.sleep(3)
+        assert "redis write failed" in deployment.log_tail("w1", 400)
+        private_redis.start()  # empty: the outage also lost everything it held
+        print("redis back (empty); producing the last 8,000")
+        deployment.produce(thirds[2])
+        expected = assert_exact_parity(deployment, messages, min_blocks=20)
+        print(f"after recovery redis holds exactly the {len(expected.blocks)} blocks in force, none missing or stale")
+        assert "reconciled" in deployment.log_tail("w1", 2000)
+    finally:
+        deployment.cleanup()
+
+
+def test_an_invalid_policy_is_refused_at_start_and_the_running_worker_keeps_its_own(
+    deployment_factory: Callable[..., GuardDeployment], tmp_path: Path
+):
+    deployment = deployment_factory()
+    deployment.create_topics()
+    deployment.start_worker("w1")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('version = "broken"\n[[caps]]\nid = "x"\nchannel = "sms"\nlimit = 2\nwindow = "7 days"\n')
+    refused = subprocess.run(
+        [*deployment.worker_args("w2"), "--policy-path", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    print(f"\nworker with an invalid policy exited {refused.returncode}: {refused.stderr.strip()}")
+    assert refused.returncode == 2
+    assert "invalid policy, not starting" in refused.stderr and "caps[0].window" in refused.stderr
+    messages = make_messages(5_000, 500, seed=5)
+    deployment.produce(messages)
+    assert_exact_parity(deployment, messages, min_blocks=5)
+    print("the running worker went on under its own policy: outputs equal the replay")
+
+
+def _hostile(seed: int) -> Messages:
+    """Garbage of every kind around a normal stream, a duplicate flood and one hot customer."""
+    rng = random.Random(seed)
+    now = int(time.time() * 1000)
+    base = make_messages(6_000, 600, seed=seed)
+    valid = [(key, value) for key, value in base if key is not None]
+    hostile: Messages = []
+    corpus: list[tuple[bytes | None, bytes]] = [
+        (b"c1", b""),
+        (b"c1", b"{"),
+        (b"c1", b"\xff\xfe\x00garbage"),
+        (b"c1", b'{"type": "contact", "event_id": "\xed\xa0\x80", "customer_id": "c1"}'),
+        (b"c1", b"null"),
+        (b"c1", b'["contact"]'),
+        (b"c1", b'{"type": 7, "event_id": "x", "customer_id": "c1", "ts": 1}'),
+        (
+            b"c1",
+            orjson.dumps(
+                {
+                    "type": "contact",
+                    "event_id": "big",
+                    "customer_id": "c1",
+                    "ts": now,
+                    "channel": "sms",
+                    "body": "x" * 900_000,
+                }
+            ),
+        ),
+        (
+            None,
+            orjson.dumps({"type": "contact", "event_id": "nokey", "customer_id": "c2", "ts": now, "channel": "sms"}),
+        ),
+        (b"someone-else", orjson.dumps({"type": "sms_stop", "event_id": "k", "customer_id": "c3", "ts": now})),
+        (
+            b"c4",
+            orjson.dumps(
+                {"type": "contact", "event_id": "t1", "customer_id": "c4", "ts": 99999999999999, "channel": "call"}
+            ),
+        ),
+        (
+            b"c4",
+            orjson.dumps(
+                {
+                    "type": "contact",
+                    "event_id": "t2",
+                    "customer_id": "c4",
+                    "ts": "9999-12-31T00:00:00Z",
+                    "channel": "call",
+                }
+            ),
+        ),
+        (b"c4", orjson.dumps({"type": "contact", "event_id": "t3", "customer_id": "c4", "ts": -5, "channel": "call"})),
+        (b"c5", orjson.dumps({"type": "teleport", "event_id": "u", "customer_id": "c5", "ts": now})),
+        (b"c5", orjson.dumps({"type": "contact", "event_id": "w", "customer_id": "c5", "ts": now, "channel": ["sms"]})),
+        (
+            b"c5",
+            orjson.dumps({"type": "call_ended", "event_id": "d", "customer_id": "c5", "ts": now, "duration_s": "long"}),
+        ),
+    ]
+    for index in range(400):  # random mutations of valid messages: flipped bytes, truncations, junk fields
+        key, value = rng.choice(valid)
+        mutated = bytearray(value)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        if index % 3 == 0:
+            mutated = mutated[: rng.randrange(1, len(mutated))]
+        corpus.append((key, bytes(mutated)))
+    flood = rng.choice(valid)
+    hot = [
+        (
+            b"hot-1",
+            orjson.dumps(
+                {
+                    "type": "contact",
+                    "event_id": f"hot-{i}",
+                    "customer_id": "hot-1",
+                    "ts": now - 4 * 86_400_000 + i * 5_000,
+                    "channel": ("sms", "email", "call")[i % 3],
+                }
+            ),
+        )
+        for i in range(20_000)
+    ]
+    rest = valid + corpus + [flood] * 2_000
+    rng.shuffle(rest)  # per customer the order changes: out of order, late, duplicates... the oracle follows it
+    hostile = rest + hot
+    return hostile
+
+
+def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_lettered(
+    deployment_factory: Callable[..., GuardDeployment],
+):
+    deployment = deployment_factory()
+    deployment.create_topics()
+    port = free_port()
+    deployment.start_worker("w1", "--web-port", str(port))
+    messages = _hostile(seed=99)
+    deployment.produce(messages)
+    expected = assert_exact_parity(deployment, messages, min_blocks=5)
+    rejected = Counter(reason for reason, _ in expected.rejections.elements())
+    print(f"injected {len(messages)} messages; dead-lettered by reason: {dict(sorted(rejected.items()))}")
+    for reason in (
+        "bad_json",
+        "bad_utf8",
+        "not_object",
+        "too_large",
+        "missing_key",
+        "key_mismatch",
+        "bad_timestamp",
+        "unknown_type",
+        "unknown_channel",
+        "bad_field:duration_s",
+        "duplicate",
+    ):
+        assert rejected[reason] > 0, reason
+    assert deployment.workers["w1"].poll() is None, "the worker must still be running"
+
+    # the metrics count exactly what the dead-letter topic holds
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    counted: Counter[str] = Counter()
+    for line in metrics.splitlines():
+        if line.startswith("fatigue_rejected_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counted[reason] += int(float(line.rsplit(" ", 1)[1]))
+    on_topic = Counter(reason.split(":", 1)[0] for reason, _, _ in dead_letters(deployment))
+    assert +counted == +on_topic
+
+    # the hot customer's state stays bounded
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/customers/hot-1/", timeout=10) as response:
+        view = orjson.loads(response.read())
+    kept = {channel: len(times) for channel, times in view["contacts_kept"].items()}
+    print(f"hot customer: 20,000 contacts in, kept per channel {kept}, trimmed {view['trimmed_entries']}")
+    assert all(count <= 256 for count in kept.values())
+    assert view["remembered_event_ids"] <= 512
+    assert sys.getsizeof(orjson.dumps(view)) < 200_000
