@@ -58,7 +58,11 @@ class GuardDeployment:
     def redis_prefix(self) -> str:
         return self.name
 
-    def worker_args(self, worker: str) -> list[str]:
+    def data_dir(self, worker: str) -> Path:
+        """The worker's RocksDB directory: the same worker name means the same local state across restarts."""
+        return self.workdir / worker
+
+    def worker_args(self, worker: str, extra: Iterable[str] = ()) -> list[str]:
         topics = self.topics
         return [
             sys.executable,
@@ -86,23 +90,25 @@ class GuardDeployment:
             "--partitions",
             str(self.partitions),
             "--data-dir",
-            str(self.workdir / worker),
+            str(self.data_dir(worker)),
             "--web-port",
             str(free_port()),
             "--redis-prefix",
             self.redis_prefix,
             "--log-level",
             "info",
+            *extra,
         ]
 
     def create_topics(self) -> None:
         """What an operator does before senders start: the worker would also create them at start."""
         ensure_topics(settings_from(self.worker_args("setup")[4:], environ={}))
 
-    def start_worker(self, worker: str = "w1") -> subprocess.Popen[bytes]:
+    def start_worker(self, worker: str = "w1", *extra_args: str) -> subprocess.Popen[bytes]:
+        """Start a worker process; every run of the same worker appends to ``{worker}.log``."""
         log = open(self.workdir / f"{worker}.log", "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
-            self.worker_args(worker), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ)
+            self.worker_args(worker, extra_args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ)
         )
         self.workers[worker] = process
         return process
@@ -123,6 +129,82 @@ class GuardDeployment:
                     process.kill()
                     process.wait(timeout=10)
             del self.workers[worker]
+
+    def stop_worker(self, worker: str, timeout_s: float = 60.0) -> int:
+        """Graceful stop (SIGTERM, as an orchestrator does); the exit code."""
+        process = self.workers.pop(worker)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=timeout_s)
+
+    def log_size(self, worker: str) -> int:
+        """Where the next run of ``worker`` will start writing in its log (see :meth:`log_since`)."""
+        path = self.workdir / f"{worker}.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def log_since(self, worker: str, offset: int) -> str:
+        with open(self.workdir / f"{worker}.log", "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def group_progress(self, topic_key: str = "events") -> tuple[int, int]:
+        """(offsets the group has committed, end offsets) of one of our topics, summed over partitions."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            return self._progress(admin, consumer, topic_key)
+        finally:
+            consumer.close()
+            admin.close()
+
+    def wait_until_committed(self, count: int, worker: str = "w1", timeout_s: float = 120.0) -> tuple[int, int]:
+        """Until the group has committed at least ``count`` input offsets; (committed, end offsets) then."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                process = self.workers[worker]
+                if process.poll() is not None:
+                    raise AssertionError(f"worker {worker} exited {process.returncode}:\n{self.log_tail(worker)}")
+                done, total = self._progress(admin, consumer, "events")
+                if done >= count:
+                    return done, total
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"only {done} input offsets committed in {timeout_s}s:\n{self.log_tail()}")
+                time.sleep(0.1)
+        finally:
+            consumer.close()
+            admin.close()
+
+    def committed_offsets(self, topic_key: str = "events") -> dict[int, int]:
+        """partition -> the group's committed offset (next to read; 0 when none) on one of our topics."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+        finally:
+            admin.close()
+        topic = self.topics[topic_key]
+        offsets = {partition: 0 for partition in range(self.partitions)}
+        for tp, meta in committed.items():
+            if tp.topic == topic and meta.offset >= 0:
+                offsets[tp.partition] = meta.offset
+        return offsets
+
+    def _progress(self, admin: KafkaAdminClient, consumer: KafkaConsumer, topic_key: str) -> tuple[int, int]:
+        tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
+        ends = consumer.end_offsets(tps)
+        committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+        done = sum(committed[tp].offset for tp in tps if tp in committed and committed[tp].offset >= 0)
+        return done, sum(ends.values())
+
+    def end_offsets(self, topic_key: str) -> int:
+        """The number of records ever written to one of our topics (sum of end offsets)."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
+            return sum(consumer.end_offsets(tps).values())
+        finally:
+            consumer.close()
 
     def log_tail(self, worker: str = "w1", lines: int = 60) -> str:
         path = self.workdir / f"{worker}.log"
@@ -191,6 +273,28 @@ class GuardDeployment:
                     for record in batch:
                         records.append((record.key, record.value, dict(record.headers or [])))
             return records
+        finally:
+            consumer.close()
+
+    def input_positions(self) -> dict[str, list[tuple[int, int]]]:
+        """event_id -> every (partition, offset) of the input topic holding a message with that id."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        try:
+            tps = [TopicPartition(self.topics["events"], p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            positions: dict[str, list[tuple[int, int]]] = {}
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                for batch in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+                    for record in batch:
+                        try:
+                            event_id = orjson.loads(record.value)["event_id"]
+                        except (orjson.JSONDecodeError, TypeError, KeyError):
+                            continue
+                        if isinstance(event_id, str):
+                            positions.setdefault(event_id, []).append((record.partition, record.offset))
+            return positions
         finally:
             consumer.close()
 

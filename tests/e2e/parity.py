@@ -1,0 +1,299 @@
+"""The replay oracle of the end-to-end tests: what ``Replay`` of the same messages says the guard must publish,
+what the guard did publish, and the comparisons (exact, or the at-least-once ones a crash allows)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from fatigue.engine import Guard
+from fatigue.generate import generate_messages
+from fatigue.policy import load_policy
+from fatigue.replay import Replay, ReplayStats
+from fatigue.state import preferences_view
+from fatigue.testing import DAY
+from tests.e2e.harness import GuardDeployment, canonical
+
+SETTLE_MS = 3_600_000  # the worker's default --deadline-settle
+WALL_SETTLE_MS = 60_000  # the worker's default --wall-settle
+# the reasons a redelivered (already accepted) event is rejected with the second time round
+REDELIVERY_REASONS = frozenset({"duplicate", "late"})
+
+Messages = list[tuple[bytes | None, bytes]]
+
+
+def make_messages(count: int, customers: int, seed: int, end_ms: int | None = None) -> Messages:
+    """A generated stream whose event time ends four days before ``end_ms`` (default now).
+
+    Every unread deadline (72h) is then past when the stream goes quiet, while the longer blocks are still in
+    force and must be in Redis.
+    """
+    end_ms = int(time.time() * 1000) if end_ms is None else end_ms
+    start_ms = end_ms - 4 * DAY - 60 * DAY
+    return list(generate_messages(count, customers, seed, start_ms, span_days=60))
+
+
+@dataclass
+class Expected:
+    """What the guard must have published once it has consumed ``messages`` and gone quiet at ``now_ms``."""
+
+    decisions: Counter[bytes]
+    rejections: Counter[tuple[str, bytes]]  # (reason, raw message)
+    violations: Counter[bytes]
+    blocks: dict[str, dict[str, Any]]  # Redis key -> decision in force at now_ms
+    prefs: dict[str, dict[str, Any]]  # Redis key -> preferences view
+    accepted_ids: set[str]
+    latest: dict[str, bytes]  # decisions-topic key -> the last decision emitted for it (what compaction keeps)
+    stats: ReplayStats
+    now_ms: int
+
+    def summary(self) -> str:
+        stats = self.stats
+        return (
+            f"{stats.events} messages: {stats.accepted} accepted, {sum(stats.rejections.values())} rejected "
+            f"{dict(sorted(stats.rejections.items()))}, {sum(self.decisions.values())} decisions, "
+            f"{sum(self.violations.values())} violations, {len(self.blocks)} blocks in force, "
+            f"{len(self.prefs)} preference views"
+        )
+
+
+def expected_outputs(
+    deployment: GuardDeployment, messages: Messages, now_ms: int, *, wall_clock: bool = True
+) -> Expected:
+    """``Replay`` of ``messages`` with the worker's partitioning and deadline settling.
+
+    With ``wall_clock`` the stream has gone quiet and wall clock has taken over (unread deadlines up to
+    ``now_ms`` minus the wall settle fired); without it only event time has moved (a worker run with
+    ``--quiet-after`` out of reach).
+    """
+    guard = Guard(load_policy(deployment.policy))
+    replay = Replay(guard, check_key=True, partitions=deployment.partitions, settle_ms=SETTLE_MS)
+    decisions: Counter[bytes] = Counter()
+    rejections: Counter[tuple[str, bytes]] = Counter()
+    violations: Counter[bytes] = Counter()
+    preference_customers: set[str] = set()
+    accepted_ids: set[str] = set()
+    latest: dict[str, bytes] = {}
+
+    def emitted(batch: list[dict[str, Any]]) -> None:
+        for decision in batch:
+            encoded = canonical(decision)
+            decisions[encoded] += 1
+            latest[_topic_key(decision)] = encoded
+
+    for key, value in messages:
+        step = replay.feed(value, key)
+        emitted(step.decisions)
+        violations.update(canonical(violation) for violation in step.violations)
+        if step.rejection is not None:
+            rejections[(step.rejection.reason, value)] += 1
+            continue
+        if step.state is not None:
+            accepted_ids.add(orjson.loads(value)["event_id"])
+            if b'"preference"' in value:
+                preference_customers.add(step.state.customer_id)
+    if wall_clock:
+        emitted(replay.finish(now_ms - WALL_SETTLE_MS))
+    blocks = {
+        f"{deployment.redis_prefix}:block:{decision['channel']}:{decision['customer_id']}": decision
+        for state in replay.states.values()
+        for decision in guard.current_decisions(state, now_ms)
+    }
+    prefs = {
+        f"{deployment.redis_prefix}:prefs:{customer}": preferences_view(replay.states[customer])
+        for customer in preference_customers
+    }
+    return Expected(decisions, rejections, violations, blocks, prefs, accepted_ids, latest, replay.stats, now_ms)
+
+
+def _topic_key(decision: dict[str, Any]) -> str:
+    return f"{decision['channel']}:{decision['customer_id']}"
+
+
+# ---------------------------------------------------------------------- what the guard published
+
+
+def dead_letters(deployment: GuardDeployment) -> list[tuple[str, bytes, dict[str, bytes]]]:
+    """``(reason, raw message, headers)`` of every dead letter."""
+    records = deployment.read_topic("dlq")
+    return [(headers["fatigue-reason"].decode(), value or b"", headers) for _, value, headers in records]
+
+
+def violations_on_topic(deployment: GuardDeployment) -> Counter[bytes]:
+    return Counter(canonical(orjson.loads(value)) for _, value, _ in deployment.read_topic("violations") if value)
+
+
+def redis_prefs(deployment: GuardDeployment, keys: list[str]) -> dict[str, dict[str, Any]]:
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        stored = dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
+    finally:
+        client.close()
+    return {key: orjson.loads(value) for key, value in stored.items() if value}
+
+
+def _near(until_ms: int | None, now_ms: int) -> bool:
+    """A block ending within two minutes of ``now_ms`` may or may not have expired yet in Redis."""
+    return until_ms is not None and abs(until_ms - now_ms) < 120_000
+
+
+# ---------------------------------------------------------------------- comparisons
+
+
+def assert_decisions_exact(deployment: GuardDeployment, expected: Expected) -> int:
+    """The decisions topic holds exactly the replay's decisions, each as many times (no recount, nothing lost)."""
+    on_topic = deployment.decisions_on_topic()
+    missing = expected.decisions - on_topic
+    extra = on_topic - expected.decisions
+    assert not missing and not extra, (
+        f"{sum(missing.values())} decisions missing, {sum(extra.values())} extra; "
+        f"e.g. missing {list(missing)[:2]} extra {list(extra)[:2]}"
+    )
+    return sum(on_topic.values())
+
+
+@dataclass
+class AtLeastOnce:
+    records: int  # decision records on the topic
+    resent: int  # records beyond the replay's count: decisions sent again after the crash
+    superseded_lost: set[bytes]  # replay decisions never published, each superseded by a later one on its key
+
+
+def assert_decisions_at_least_once(
+    deployment: GuardDeployment, expected: Expected, redelivered_from: dict[int, int]
+) -> AtLeastOnce:
+    """After a crash: nothing the replay does not decide is published, the latest decision of every key (what the
+    compacted topic keeps and Redis mirrors) is the replay's, and every replay decision is published at least
+    once, unless it was superseded on its key by a later one (the crashed worker's state had run ahead of its
+    output: redelivered events are duplicates to it, and it re-sends each key's latest decision only) and was
+    caused by input not committed at the crash (offsets from ``redelivered_from``) or fired by a deadline."""
+    on_topic: Counter[bytes] = Counter()
+    latest: dict[str, bytes] = {}
+    for key, value, _ in deployment.read_topic("decisions"):  # in offset order per partition, hence per key
+        if value is None or key is None:
+            continue  # tombstones of expired blocks
+        encoded = canonical(orjson.loads(value))
+        on_topic[encoded] += 1
+        latest[key.decode()] = encoded
+    extra = set(on_topic) - set(expected.decisions)
+    assert not extra, f"{len(extra)} decisions the replay does not make, e.g. {sorted(extra)[:2]}"
+    wrong = sorted(key for key in expected.latest.keys() | latest.keys() if latest.get(key) != expected.latest.get(key))
+    assert not wrong, f"{len(wrong)} keys whose latest decision differs from the replay's, e.g. {wrong[:3]}"
+    missing = set(expected.decisions) - set(on_topic)
+    latest_missing = sorted(d for d in missing if expected.latest[_topic_key(orjson.loads(d))] == d)
+    assert not latest_missing, f"{len(latest_missing)} keys' latest decisions lost, e.g. {latest_missing[:2]}"
+    if missing:
+        positions = deployment.input_positions()
+        for lost in missing:
+            decision = orjson.loads(lost)
+            cause = decision["cause_event_id"]
+            in_window = any(offset >= redelivered_from[partition] for partition, offset in positions.get(cause, []))
+            assert in_window or decision["reason"] == "unread", (
+                f"decision caused by {cause} lost, but that event was committed before the crash: {lost[:300]!r}"
+            )
+    records = sum(on_topic.values())
+    resent = sum(max(count - expected.decisions[decision], 0) for decision, count in on_topic.items())
+    return AtLeastOnce(records, resent, missing)
+
+
+def assert_dead_letters_exact(deployment: GuardDeployment, expected: Expected) -> int:
+    letters = dead_letters(deployment)
+    assert Counter((reason, value) for reason, value, _ in letters) == expected.rejections
+    for _, _, headers in letters[:50]:
+        assert {"fatigue-source-partition", "fatigue-source-offset", "fatigue-source-topic"} <= set(headers)
+    return len(letters)
+
+
+def assert_dead_letters_at_least_once(
+    deployment: GuardDeployment, expected: Expected, redelivered_from: dict[int, int]
+) -> Counter[str]:
+    """At-least-once after a crash: every replay rejection is dead-lettered, and the only extras are input the
+    crashed worker had processed but not committed (offsets from ``redelivered_from``, per partition), seen again:
+    an accepted event is now a ``duplicate`` (or ``late``), a rejected message is rejected again the same way.
+
+    Returns the extras by reason.
+    """
+    letters = dead_letters(deployment)
+    seen = Counter((reason, value) for reason, value, _ in letters)
+    missing = expected.rejections - seen
+    assert not missing, f"{sum(missing.values())} rejections missing, e.g. {list(missing)[:2]}"
+    extras = seen - expected.rejections
+    extra_reasons: Counter[str] = Counter()
+    for (reason, value), count in extras.items():
+        if (reason, value) not in expected.rejections:
+            assert reason in REDELIVERY_REASONS, f"unexpected extra dead letter {reason}: {value[:200]!r}"
+            event_id = orjson.loads(value).get("event_id")
+            assert event_id in expected.accepted_ids, f"extra {reason} for an event never accepted: {value[:200]!r}"
+        extra_reasons[reason] += count
+    # an input message is dead-lettered more than once only if it was redelivered, i.e. not committed at the crash
+    per_source = Counter(
+        (int(headers["fatigue-source-partition"]), int(headers["fatigue-source-offset"])) for _, _, headers in letters
+    )
+    for (partition, offset), count in per_source.items():
+        assert count == 1 or offset >= redelivered_from[partition], (
+            f"input {partition}:{offset} dead-lettered {count} times, but it was committed before the crash"
+        )
+    return extra_reasons
+
+
+def assert_violations_exact(deployment: GuardDeployment, expected: Expected) -> int:
+    violations = violations_on_topic(deployment)
+    assert violations == expected.violations
+    return sum(violations.values())
+
+
+def assert_violations_at_least_once(
+    deployment: GuardDeployment, expected: Expected, redelivered_from: dict[int, int]
+) -> set[bytes]:
+    """After a crash: no violation the replay does not find; any missing one comes from an event the crashed
+    worker had processed but not committed (see the SIGKILL test). Returns the missing ones."""
+    violations = violations_on_topic(deployment)
+    extra = set(violations) - set(expected.violations)
+    assert not extra, f"{len(extra)} violations the replay does not find, e.g. {sorted(extra)[:2]}"
+    missing = set(expected.violations) - set(violations)
+    if missing:
+        positions = deployment.input_positions()
+        for violation in missing:
+            event_id = orjson.loads(violation)["event_id"]
+            assert any(offset >= redelivered_from[partition] for partition, offset in positions[event_id]), (
+                f"violation of {event_id} lost, but that event was committed before the crash"
+            )
+    return missing
+
+
+def assert_redis_blocks_exact(deployment: GuardDeployment, expected: Expected, min_blocks: int = 50) -> int:
+    now_ms = expected.now_ms
+    in_redis = {key: value for key, value in deployment.redis_blocks().items() if not _near(value["until_ms"], now_ms)}
+    wanted = {key: value for key, value in expected.blocks.items() if not _near(value["until_ms"], now_ms)}
+    assert set(in_redis) == set(wanted), (
+        f"redis missing {sorted(set(wanted) - set(in_redis))[:5]}, stale {sorted(set(in_redis) - set(wanted))[:5]}"
+    )
+    assert in_redis == wanted
+    assert len(wanted) > min_blocks, "the stream should leave many blocks in force"
+    return len(wanted)
+
+
+def assert_redis_prefs_exact(deployment: GuardDeployment, expected: Expected) -> int:
+    stored = redis_prefs(deployment, list(expected.prefs))
+    missing = sorted(set(expected.prefs) - set(stored))
+    wrong = sorted(key for key in stored if stored[key] != expected.prefs[key])
+    assert not missing and not wrong, f"redis prefs missing {missing[:5]}, different {wrong[:5]}"
+    return len(stored)
+
+
+def assert_exact_parity(deployment: GuardDeployment, messages: Messages, min_blocks: int = 50) -> Expected:
+    """Settle, then every output equals the replay of ``messages`` exactly (the parity tests' oracle)."""
+    deployment.wait_until_settled()
+    expected = expected_outputs(deployment, messages, int(time.time() * 1000))
+    print(f"\n{expected.summary()}")
+    assert_decisions_exact(deployment, expected)
+    assert_dead_letters_exact(deployment, expected)
+    assert_violations_exact(deployment, expected)
+    assert_redis_blocks_exact(deployment, expected, min_blocks)
+    assert_redis_prefs_exact(deployment, expected)
+    return expected
