@@ -5,8 +5,10 @@ Each scenario prints what it injected and what it verified; the oracle is the re
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,18 @@ import orjson
 import pytest
 
 from tests.e2e.harness import REPO, GuardDeployment, free_port
-from tests.e2e.parity import Messages, assert_exact_parity, dead_letters, make_messages
+from tests.e2e.parity import (
+    Messages,
+    assert_dead_letters_at_least_once,
+    assert_decisions_at_least_once,
+    assert_exact_parity,
+    assert_redis_blocks_exact,
+    assert_redis_prefs_exact,
+    assert_violations_at_least_once,
+    dead_letters,
+    expected_outputs,
+    make_messages,
+)
 
 
 class PrivateRedis:
@@ -264,3 +277,69 @@ def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_let
     assert all(count <= 256 for count in kept.values())
     assert view["remembered_event_ids"] <= 512
     assert sys.getsizeof(orjson.dumps(view)) < 200_000
+
+
+def _assert_at_least_once(deployment: GuardDeployment, messages: Messages, committed_at_fault: dict[int, int]) -> str:
+    deployment.wait_until_settled(timeout_s=300)
+    expected = expected_outputs(deployment, messages, int(time.time() * 1000))
+    published = assert_decisions_at_least_once(deployment, expected, committed_at_fault)
+    extra_letters = assert_dead_letters_at_least_once(deployment, expected, committed_at_fault)
+    blocks = assert_redis_blocks_exact(deployment, expected, 20)
+    assert_redis_prefs_exact(deployment, expected)
+    assert_violations_at_least_once(deployment, expected, committed_at_fault)
+    return (
+        f"{expected.summary()}\n  verified: every key's latest decision is the replay's, nothing extra "
+        f"({published.records} records, {published.resent} re-sent); dead letters complete "
+        f"(+{sum(extra_letters.values())} for redelivered input); {blocks} Redis blocks exact"
+    )
+
+
+def test_two_workers_one_killed_the_survivor_takes_over(deployment_factory: Callable[..., GuardDeployment]):
+    deployment = deployment_factory()
+    deployment.create_topics()
+    messages = make_messages(20_000, 1_500, seed=31)
+    deployment.start_worker("w1")
+    deployment.start_worker("w2")
+    time.sleep(8)  # both in the group before the load
+    deployment.produce(messages)
+    deployment.wait_until_committed(int(0.3 * len(messages)))
+    deployment.kill_worker("w2", signal.SIGKILL)
+    committed_at_kill = deployment.committed_offsets("events")
+    print(f"\nSIGKILL w2 with {sum(committed_at_kill.values())}/{len(messages)} input offsets committed")
+    print(_assert_at_least_once(deployment, messages, committed_at_kill))
+    assert deployment.workers["w1"].poll() is None
+    assert "Traceback" not in deployment.log_tail("w1", 100_000)
+
+
+def test_kafka_broker_restart_mid_stream_the_worker_recovers_by_itself(
+    deployment_factory: Callable[..., GuardDeployment],
+):
+    cache = Path(os.environ.get("FATIGUE_CACHE_DIR", REPO / ".cache"))
+    pid_file = cache / "kafka" / "kafka.pid"
+    assert pid_file.exists(), f"the local stack's broker pid file is missing: {pid_file}"
+    deployment = deployment_factory()
+    deployment.create_topics()
+    messages = make_messages(20_000, 1_500, seed=37)
+    deployment.produce(messages)
+    deployment.start_worker("w1")
+    deployment.wait_until_committed(int(0.3 * len(messages)))
+    committed_at_stop = deployment.committed_offsets("events")
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    print(
+        f"\nbroker (pid {pid}) stopped with {sum(committed_at_stop.values())}/{len(messages)} input offsets committed"
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    time.sleep(5)  # the worker sees the broker gone
+    assert deployment.workers["w1"].poll() is None, "the worker must ride out a broker outage"
+    restart = subprocess.run([str(REPO / "deploy/local/stack.sh"), "up"], capture_output=True, text=True, timeout=180)
+    assert restart.returncode == 0, restart.stderr
+    print("broker restarted; waiting for the worker to recover by itself")
+    print(_assert_at_least_once(deployment, messages, committed_at_stop))
+    assert deployment.workers["w1"].poll() is None
