@@ -95,6 +95,13 @@ class GuardService:
     def handle(self, event: faust.types.EventT[bytes]) -> None:
         message = event.message
         partition = message.partition
+        last = self.last_offset.get(partition)
+        if last is not None and message.offset <= last:
+            # Handled already by this process, whose effects are enqueued: not a sender's duplicate, nor a crash
+            # redelivery. After a recovery, aiokafka can return prefetched records again; faust drops those
+            # below its read offset but lets the last one read through (offset >= read offset), a second time.
+            log.debug("partition %d: offset %d delivered again, skipped", partition, message.offset)
+            return
         self.last_offset[partition] = message.offset
         headers = dict(message.headers or ())
         if headers.get(CONTROL_HEADER) == TICK:
@@ -469,17 +476,18 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         async for event in stream.events():
             service.handle(event)
 
-    @app.agent(service.decisions, concurrency=1, name="redis-blocks")
-    async def redis_blocks(stream: faust.StreamT[bytes]) -> None:
-        async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
-            records = [(event.message.key, event.message.value) for event in batch if event.message.key is not None]
-            await blocks_view.apply(records, lambda: service.owned_partitions(settings.decisions_topic))
+    def materialise(name: str, view: RedisView, topic: faust.TopicT) -> None:
+        """An agent that writes one compacted topic into Redis, a batch at a time (acked after the write)."""
 
-    @app.agent(service.prefs, concurrency=1, name="redis-prefs")
-    async def redis_prefs(stream: faust.StreamT[bytes]) -> None:
-        async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
-            records = [(event.message.key, event.message.value) for event in batch if event.message.key is not None]
-            await prefs_view.apply(records, lambda: service.owned_partitions(settings.prefs_topic))
+        async def write_batches(stream: faust.StreamT[bytes]) -> None:
+            async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
+                records = [(e.message.key, e.message.value) for e in batch if e.message.key is not None]
+                await view.apply(records, lambda: service.owned_partitions(view.topic))
+
+        app.agent(topic, concurrency=1, name=name)(write_batches)
+
+    materialise("redis-blocks", blocks_view, service.decisions)
+    materialise("redis-prefs", prefs_view, service.prefs)
 
     @app.timer(interval=settings.tick_interval_s)
     async def tick_quiet_partitions() -> None:
