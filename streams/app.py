@@ -141,11 +141,14 @@ class GuardService:
         if step.rejection is not None:
             self._dead_letter(message, step.rejection)
             if step.rejection.reason == "duplicate" and step.state is not None and message.offset <= stored_offset:
-                # A redelivery after a crash (not a sender's duplicate, which comes at a new offset): the
-                # state may be ahead of the decisions topic, so re-send the latest decisions, idempotently.
+                # A redelivery after a crash (not a sender's duplicate, which comes at a new offset): the state
+                # may be ahead of the decisions and preferences topics, so re-send the latest decisions, and the
+                # preferences if this event set them, idempotently.
                 for decision in self.guard.latest_decisions(step.state):
                     self._send_decision(decision, partition)
                     self.metrics.repaired.inc()
+                if parsed.type in _PREFERENCE_TYPES:
+                    self.prefs.send_soon(key=key, value=orjson.dumps(preferences_view(step.state)))
             return
         assert step.state is not None
         self.metrics.events.labels(type=parsed.type, channel=parsed.channel or "all", category=parsed.category).inc()

@@ -162,13 +162,19 @@ class RedisView:
 
 async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
     """The latest record per key in ``partitions`` of a compacted topic, read from the beginning to the end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, partition) for partition in partitions]
         consumer.assign(tps)
         end_offsets = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        # Explicit seeks: seek_to_beginning() right after assign() races with the reset assign() starts (to the
+        # end, by default), so the read could start at the end, find nothing, and the reconcile then deleted
+        # every key as stale.
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
         latest: dict[bytes, bytes | None] = {}
         remaining = {tp for tp in tps if end_offsets[tp] > 0}
         while remaining:
