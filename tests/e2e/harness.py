@@ -19,6 +19,7 @@ import orjson
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from streams.settings import settings_from
 from streams.worker import ensure_topics
@@ -180,7 +181,7 @@ class GuardDeployment:
         """partition -> the group's committed offset (next to read; 0 when none) on one of our topics."""
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
         try:
-            committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+            committed = self._group_offsets(admin)
         finally:
             admin.close()
         topic = self.topics[topic_key]
@@ -193,7 +194,7 @@ class GuardDeployment:
     def _progress(self, admin: KafkaAdminClient, consumer: KafkaConsumer, topic_key: str) -> tuple[int, int]:
         tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
         ends = consumer.end_offsets(tps)
-        committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+        committed = self._group_offsets(admin)
         done = sum(committed[tp].offset for tp in tps if tp in committed and committed[tp].offset >= 0)
         return done, sum(ends.values())
 
@@ -205,6 +206,14 @@ class GuardDeployment:
             return sum(consumer.end_offsets(tps).values())
         finally:
             consumer.close()
+
+    def _group_offsets(self, admin: KafkaAdminClient) -> dict[Any, Any]:
+        """The group's committed offsets; none yet while the group (or, on a fresh broker, the offsets topic
+        behind every group) does not exist."""
+        try:
+            return dict(admin.list_group_offsets({self.name: None}).get(self.name, {}))
+        except KafkaError:
+            return {}
 
     def log_tail(self, worker: str = "w1", lines: int = 60) -> str:
         path = self.workdir / f"{worker}.log"
@@ -246,7 +255,7 @@ class GuardDeployment:
                     for partition in range(self.partitions)
                 ]
                 ends = consumer.end_offsets(tps)
-                committed = admin.list_group_offsets({self.name: None}).get(self.name, {})
+                committed = self._group_offsets(admin)
                 caught_up = all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in tps)
                 if ends != last_ends or not caught_up:
                     last_ends = ends
