@@ -53,7 +53,9 @@ class BlockFollower:
         self.channel = channel
         self.on_change = on_change
         self.blocks: dict[str, Decision] = {}
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        )
         partitions = self._consumer.partitions_for_topic(topic) or set()
         if not partitions:
             self._consumer.close()

@@ -91,7 +91,7 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
             values[name] = _convert(name, env[variable])
     parser = argparse.ArgumentParser(prog="fatigue worker", description="Run the fatigue-guard streaming worker.")
     for item in fields(Settings):
-        option = "--" + item.name.replace("_ms", "").replace("_s", "").replace("_", "-")
+        option = "--" + item.name.removesuffix("_ms").removesuffix("_s").replace("_", "-")
         if item.name in ("deadline_settle_ms", "wall_settle_ms"):
             help_text = f"duration like 1h (env {_ENV.get(item.name)})"
         else:
