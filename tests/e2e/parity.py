@@ -286,10 +286,15 @@ def assert_redis_prefs_exact(deployment: GuardDeployment, expected: Expected) ->
     return len(stored)
 
 
-def assert_exact_parity(deployment: GuardDeployment, messages: Messages, min_blocks: int = 50) -> Expected:
-    """Settle, then every output equals the replay of ``messages`` exactly (the parity tests' oracle)."""
+def assert_exact_parity(
+    deployment: GuardDeployment, messages: Messages, min_blocks: int = 50, *, wall_clock: bool = True
+) -> Expected:
+    """Settle, then every output equals the replay of ``messages`` exactly (the parity tests' oracle).
+
+    ``wall_clock=False`` for workers run with ``--quiet-after`` out of reach (see :func:`expected_outputs`).
+    """
     deployment.wait_until_settled()
-    expected = expected_outputs(deployment, messages, int(time.time() * 1000))
+    expected = expected_outputs(deployment, messages, int(time.time() * 1000), wall_clock=wall_clock)
     print(f"\n{expected.summary()}")
     assert_decisions_exact(deployment, expected)
     assert_dead_letters_exact(deployment, expected)
