@@ -662,10 +662,14 @@ class Guard:
 
     def _trim(self, state: CustomerState, now: int) -> None:
         """Drop what no rule can need any more once event time reaches ``now``."""
+        # Runs for nearly every event of a sparse customer (once per hour of its event time): each part is
+        # guarded by one cheap test, so a state with nothing to drop costs little.
         retention = self._retention_ms
-        for cap in state.customer_caps:
-            if cap is not None and cap[2] is not None and cap[2] > retention:
-                retention = cap[2]
+        caps = state.customer_caps
+        if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
+            for cap in caps:
+                if cap is not None and cap[2] is not None and cap[2] > retention:
+                    retention = cap[2]
         cutoff = now - retention
         for log in state.logs:
             if log and log[0] <= cutoff:
@@ -675,36 +679,41 @@ class Guard:
             del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
         ids = state.ids
         id_cutoff = now - self.policy.late_grace_ms
-        while ids:
-            oldest = next(iter(ids))
-            if ids[oldest] >= id_cutoff:
-                break
-            del ids[oldest]
+        # ids are kept in arrival order: drop from the oldest up to the first one still inside the grace
+        if ids and next(iter(ids.values())) < id_cutoff:
+            stale = []
+            for event_id, seen_at in ids.items():
+                if seen_at >= id_cutoff:
+                    break
+                stale.append(event_id)
+            for event_id in stale:
+                del ids[event_id]
         complaints = state.complaints
-        for index, at in enumerate(complaints):
-            if at is not None and at + self._complaint_retention_ms <= now:
-                complaints[index] = None
-        conversation = self.policy.conversation
-        if state.conversation_ms is not None and (
-            conversation is None or state.conversation_ms + conversation.block_ms <= now
-        ):
-            state.conversation_ms = None
+        if complaints[0] is not None or complaints[1] is not None or complaints[2] is not None:
+            for index, at in enumerate(complaints):
+                if at is not None and at + self._complaint_retention_ms <= now:
+                    complaints[index] = None
+        if state.conversation_ms is not None:
+            conversation = self.policy.conversation
+            if conversation is None or state.conversation_ms + conversation.block_ms <= now:
+                state.conversation_ms = None
         if state.unread_block is not None and state.unread_block[1] <= now:
             state.unread_block = None
         emitted = state.emitted
-        allow_cutoff = now - self.policy.late_grace_ms
-        for index, record in enumerate(emitted):
-            if record is None:
-                continue
-            decision = record[1]
-            # an allow is kept only while a redelivery of its cause could still arrive (the late grace)
-            expired = (
-                decision["decided_at_ms"] < allow_cutoff
-                if decision["action"] == "allow"
-                else not _blocking(decision, now)
-            )
-            if expired:
-                emitted[index] = None
+        if emitted[0] is not None or emitted[1] is not None or emitted[2] is not None:
+            allow_cutoff = now - self.policy.late_grace_ms
+            for index, record in enumerate(emitted):
+                if record is None:
+                    continue
+                decision = record[1]
+                # an allow is kept only while a redelivery of its cause could still arrive (the late grace)
+                expired = (
+                    decision["decided_at_ms"] < allow_cutoff
+                    if decision["action"] == "allow"
+                    else not _blocking(decision, now)
+                )
+                if expired:
+                    emitted[index] = None
 
 
 def _window_candidate(
