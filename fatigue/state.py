@@ -11,6 +11,9 @@ from typing import Any
 
 import orjson
 
+from fatigue.events import CHANNELS
+from fatigue.timeutil import format_ms, format_optional_ms
+
 # Scopes for customer caps: one per channel (index as in events.CHANNELS) plus all channels together.
 SCOPE_ALL = 3
 
@@ -22,6 +25,9 @@ SCOPE_ALL = 3
 #   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   emitted:       [blocked_since_ms, decision]                  (the last block decision sent for a channel)
+#                  serialised as [blocked_since_ms, [action, reason, rule, rule_id, until_ms, evidence,
+#                  policy_version, decided_at_ms, cause_event_id(, suggest)]]: the customer, the channel and the
+#                  rendered instants are derived again on load (see _pack_decision)
 
 
 class CustomerState:
@@ -91,8 +97,9 @@ class CustomerState:
             out["s"] = self.streak
         if self.unread_block is not None:
             out["ub"] = self.unread_block
-        if any(item is not None for item in self.emitted):
-            out["e"] = self.emitted
+        emitted = self.emitted
+        if emitted[0] is not None or emitted[1] is not None or emitted[2] is not None:
+            out["e"] = [None if record is None else [record[0], _pack_decision(record[1])] for record in emitted]
         if self.trimmed:
             out["t"] = self.trimmed
         return out
@@ -114,7 +121,15 @@ class CustomerState:
         state.pending = data.get("p") or []
         state.streak = data.get("s", 0)
         state.unread_block = data.get("ub")
-        state.emitted = data.get("e") or [None, None, None]
+        emitted = data.get("e")
+        state.emitted = (
+            [
+                None if record is None else [record[0], _unpack_decision(record[1], state.customer_id, channel)]
+                for channel, record in enumerate(emitted)
+            ]
+            if emitted
+            else [None, None, None]
+        )
         state.trimmed = data.get("t", 0)
         return state
 
@@ -134,6 +149,53 @@ class CustomerState:
 
     def __repr__(self) -> str:
         return f"CustomerState({self.to_dict()!r})"
+
+
+def _pack_decision(decision: dict[str, Any]) -> list[Any]:
+    """A stored decision without what the state already knows: half the bytes of the decision itself.
+
+    The last decision per channel is kept so that it can be re-sent byte-for-byte after a crash; its customer,
+    channel and rendered ``until`` / ``decided_at`` are derived again by :func:`_unpack_decision`.
+    """
+    packed = [
+        decision["action"],
+        decision["reason"],
+        decision["rule"],
+        decision["rule_id"],
+        decision["until_ms"],
+        decision["evidence"],
+        decision["policy_version"],
+        decision["decided_at_ms"],
+        decision["cause_event_id"],
+    ]
+    if "suggest" in decision:
+        packed.append(decision["suggest"])
+    return packed
+
+
+def _unpack_decision(packed: list[Any] | dict[str, Any], customer_id: str, channel: int) -> dict[str, Any]:
+    if isinstance(packed, dict):
+        return packed  # stored whole by an earlier version
+    action, reason, rule, rule_id, until_ms, evidence, policy_version, decided_at_ms, cause_event_id = packed[:9]
+    # the key order of the engine's decisions, so that a re-sent decision has the same bytes
+    decision = {
+        "customer_id": customer_id,
+        "channel": CHANNELS[channel],
+        "action": action,
+        "reason": reason,
+        "rule": rule,
+        "rule_id": rule_id,
+        "until": format_optional_ms(until_ms),
+        "until_ms": until_ms,
+        "evidence": evidence,
+        "policy_version": policy_version,
+        "decided_at": format_ms(decided_at_ms),
+        "decided_at_ms": decided_at_ms,
+        "cause_event_id": cause_event_id,
+    }
+    if len(packed) > 9:
+        decision["suggest"] = packed[9]
+    return decision
 
 
 def preferences_view(state: CustomerState) -> dict[str, Any]:
