@@ -202,6 +202,14 @@ class Broker:
                 totals[tp.topic] += meta.offset
         return totals
 
+    def group_state(self, group: str) -> str:
+        """The consumer group's state: Stable once its members have their assignment; Dead when unknown."""
+        try:
+            described: dict[str, Any] = self.admin.describe_groups([group])
+        except KafkaError:
+            return "Unknown"
+        return str(described.get(group, {}).get("group_state", "Unknown"))
+
     def read_all(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
         """Every (key, value) of ``topic`` from the beginning to its current end."""
         consumer = KafkaConsumer(bootstrap_servers=self.admin.config["bootstrap_servers"], enable_auto_commit=False)
