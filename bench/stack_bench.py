@@ -154,6 +154,8 @@ def machine() -> dict[str, str]:
         "cpu": model,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
+        # other processes on the machine share the cores: the ratios to same-run references are what carry over
+        "load average at start": f"{os.getloadavg()[0]:.2f}",
     }
 
 
@@ -793,7 +795,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(table))
     print("\n".join(results.checks))
-    print(f"machine: {results.machine['cpus']} cpus ({results.machine['cpu']}), Python {results.machine['python']}")
+    results.machine["load average at end"] = f"{os.getloadavg()[0]:.2f}"
+    print(
+        f"machine: {results.machine['cpus']} cpus ({results.machine['cpu']}), Python {results.machine['python']}, "
+        f"load average {results.machine['load average at start']} at start, "
+        f"{results.machine['load average at end']} at the end"
+    )
     print(f"reproduce: {results.command}")
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(_as_json(results), option=orjson.OPT_INDENT_2))
