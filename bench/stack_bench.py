@@ -16,9 +16,10 @@ name (topic prefix, consumer group, Redis prefix, data directory) so runs never 
 3. ours: ``fatigue worker`` (one process) from the beginning of the topic until the group has committed every
    input offset, the decisions topic holds exactly the expected count and the Redis view has committed both
    compacted topics (every decision and preference written to Redis). Rate = input offsets committed between
-   the first and the last observation / elapsed (startup excluded; both ends have the same 1 s commit
-   granularity). Peak RSS is the worker's ``VmHWM``; state bytes per customer are the mean size of the latest
-   value per key on the state table's changelog;
+   the first observed commit and that moment / elapsed (startup and rebalance excluded; the first commit
+   comes about a second after the first message, the last one only once every output is flushed). Peak RSS
+   is the worker's ``VmHWM``; state bytes per customer are the mean size of the latest value per key on the
+   state table's changelog;
 4. latency: a second worker on fresh topics, fed at a fixed offered rate (5k events/s) by a separate producer
    process that stamps each event ``ts = now``; a consumer of the decisions topic timestamps each decision when
    it becomes visible; latency = visible - send time of the decision's ``cause_event_id`` (warm-up excluded);
@@ -28,8 +29,13 @@ name (topic prefix, consumer group, Redis prefix, data directory) so runs never 
 A third reference, the Faust floor (``faust_baseline.py --noop``: a Faust agent that only decodes, timed like
 ours), separates what Faust's consumer, stream and commits cost from what the guard adds.
 
-When the worker cannot sustain the offered rate, the latency run is queueing that grows with the run's length,
-and a second point at a quarter of the measured throughput gives the latency of the processing path itself.
+When the worker cannot sustain the offered rate, the latency run is queueing that grows with the run's length;
+a second point at ``--reference-rate`` (300 events/s), well inside one worker's capacity, gives the latency of
+the processing path itself.
+
+Order of the runs: latency first (fresh topics, nothing else of the run on the broker yet), then the ceiling,
+the Faust floor, the baseline and ours last, so that whatever the broker still does after a run can only slow
+ours.
 
 ``--profile`` adds a run of the worker under ``py-spy record`` (a bench-only tool: ``.venv/bin/pip install
 py-spy``) over the same input and prints the hottest functions (own time and inclusive).
@@ -123,7 +129,7 @@ class Results:
     ours: Throughput | None = None
     baseline: Throughput | None = None
     latency: Latency | None = None  # at the target's offered rate
-    latency_within: Latency | None = None  # at a quarter of the measured throughput, when below the target rate
+    latency_within: Latency | None = None  # at --reference-rate, well inside one worker's capacity
     state_bytes: list[int] = field(default_factory=list)  # latest changelog value per customer (whole value)
     checks: list[str] = field(default_factory=list)
     profile: list[str] = field(default_factory=list)
@@ -156,7 +162,23 @@ def machine() -> dict[str, str]:
         "platform": f"{platform.system()} {platform.machine()}",
         # other processes on the machine share the cores: the ratios to same-run references are what carry over
         "load average at start": f"{os.getloadavg()[0]:.2f}",
+        "code": code_version(),
     }
+
+
+def code_version() -> str:
+    """The commit under test, and whether the worker's code (fatigue/, streams/) differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fatigue", "streams"], cwd=REPO, capture_output=True, text=True
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    dirty = sorted(line[3:] for line in changed if line.strip())
+    return commit + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
 @dataclass
@@ -646,10 +668,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5_000, help="offered events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, help="measured seconds of the latency run (default 30)")
     parser.add_argument("--warmup-seconds", type=float, help="unmeasured seconds before it (default 5)")
+    parser.add_argument(
+        "--reference-rate",
+        type=float,
+        default=300,
+        help="offered events/s of a second latency run well inside one worker's capacity, so the processing "
+        "path's own latency shows when --rate is more than the worker sustains (0: skip; default %(default)s)",
+    )
     parser.add_argument("--latency-customers", type=int, default=100_000, help="customers of the latency run")
     parser.add_argument("--budget", type=float, default=300, help="max measured seconds of the worker run")
     parser.add_argument("--baseline-budget", type=float, help="max measured seconds of the baseline (default 90)")
-    parser.add_argument("--quick", action="store_true", help="50k events, 10 s of latency, 60 s of baseline")
+    parser.add_argument("--quick", action="store_true", help="50k events, 10 s of latency, 45 s of baseline")
     parser.add_argument("--profile", action="store_true", help="also profile the worker with py-spy")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--no-latency", action="store_true")
@@ -677,6 +706,12 @@ def main(argv: list[str] | None = None) -> int:
     command = 'eval "$(deploy/local/stack.sh env)"; .venv/bin/python bench/stack_bench.py ' + shlex.join(argv)
     results = Results(machine=machine(), command=command.strip())
     print(f"machine: {results.machine}\nreproduce: {results.command}", flush=True)
+    import fatigue
+
+    if not Path(fatigue.__file__).resolve().is_relative_to(REPO):
+        # the workers run from REPO (``python -m`` puts it first on their path): the replay must use that code too
+        print(f"fatigue is imported from {fatigue.__file__}, not {REPO}: run with PYTHONPATH={REPO}", file=sys.stderr)
+        return 2
     name = f"bench-{uuid.uuid4().hex[:8]}"
     workdir = CACHE / name
     policy = str(REPO / "config" / "policies" / "default.toml")
@@ -686,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [main_run]
     broker = Broker(args.bootstrap, args.partitions)
     try:
-        print(f"\n[1/5] input: {events:,} events, {customers:,} customers, event time over 60 days up to now")
+        print(f"\n[1/6] input: {events:,} events, {customers:,} customers, event time over 60 days up to now")
         messages = _loadgen.backlog(events, customers, args.seed, int(time.time() * 1000) - 3_600_000, 60.0)
         results.traffic = _loadgen.traffic_profile([(m.key, m.value) for m in messages]).lines()
         for line in results.traffic:
@@ -705,50 +740,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    produced to {main_run.events_topic} in {elapsed:.1f} s ({len(messages) / elapsed:,.0f} msg/s)")
         del messages
 
-        print("\n[2/5] ceiling: aiokafka consumer + orjson.loads", flush=True)
-        results.ceiling = ceiling(args.bootstrap, main_run.events_topic, args.partitions, events)
-        print(f"    {_rate(results.ceiling.rate)}")
-
-        print("\n[2b] Faust floor: a Faust agent that only decodes, timed like ours", flush=True)
-        floor = StackRun(args.bootstrap, args.redis_url, f"{name}-floor", workdir / "floor", args.partitions)
-        runs.append(floor)
-        results.faust_floor = run_baseline(floor, broker, main_run.events_topic, events, args.budget, noop=True)
-        print(f"    {_rate(results.faust_floor.rate)}")
-        if results.faust_floor.peak_rss:
-            results.checks.append(f"peak RSS of the Faust floor: {results.faust_floor.peak_rss / 2**20:,.0f} MiB")
-
-        print("\n[3/5] ours: one fatigue worker until every decision is on the topic and in Redis", flush=True)
-        results.ours = run_ours(main_run, broker, events, expected, args.budget, results)
-        print(f"    {_rate(results.ours.rate)} ({results.ours.wall_seconds:.1f} s from process start)")
-        results.state_bytes = state_bytes(broker, main_run)
-        results.checks.append(
-            f"state bytes: worker changelog mean {sum(results.state_bytes) / max(len(results.state_bytes), 1):,.0f} "
-            f"over {len(results.state_bytes):,} keys (8 of them the input offset); replay's states "
-            f"{expected.state_bytes:,.0f} over {expected.customers:,} customers"
-        )
-        print("\n".join(f"    {line}" for line in results.checks))
-
-        if args.profile:
-            print("\n[3b] profile: the worker again under py-spy (fresh group, same input)", flush=True)
-            prof_name = f"{name}-prof"
-            prof = StackRun(args.bootstrap, args.redis_url, prof_name, workdir / "prof", args.partitions, policy)
-            prof.events_topic = main_run.events_topic  # the same input, under its own group and outputs
-            prof.worker_env = worker_env
-            runs.append(prof)
-            # a minute of samples is plenty, and the whole input would double the run
-            results.profile = run_profile(prof, broker, events, min(args.budget, 60.0), workdir)
-            print("\n".join(f"    {line}" for line in results.profile))
-
+        # Latency first, on fresh topics while the broker holds nothing else of this run; the baseline before
+        # ours, so any background work the broker does after a run (segment deletion, cleaning) can only slow
+        # ours, never flatter the ratio.
         if not args.no_latency:
-            rates = [args.rate]
-            if results.ours.rate < args.rate:
-                # the offered load exceeds what one worker sustains: latency there is queueing that grows with
-                # the run's length. A second point well inside the capacity shows the latency of the processing
-                # path itself: a quarter of the throughput, because here the producer process and the decisions
-                # consumer share the two cores with the worker and the broker
-                rates.append(max(round(results.ours.rate / 4, -2), 100.0))
+            rates = [args.rate] + ([args.reference_rate] if args.reference_rate > 0 else [])
             for index, rate in enumerate(rates):
-                print(f"\n[4/5] latency: a fresh worker fed {rate:,.0f} ev/s with ts = now", flush=True)
+                print(f"\n[2/6] latency: a fresh worker fed {rate:,.0f} ev/s with ts = now", flush=True)
                 live_name = f"{name}-live{index}"
                 live = StackRun(args.bootstrap, args.redis_url, live_name, workdir / live_name, args.partitions, policy)
                 live.worker_env = worker_env
@@ -773,14 +771,48 @@ def main(argv: list[str] | None = None) -> int:
                     f"ms, p99 {measured.percentile(0.99) * 1000:,.1f} ms, max {measured.percentile(1.0) * 1000:,.1f} ms"
                 )
 
+        print("\n[3/6] ceiling: aiokafka consumer + orjson.loads", flush=True)
+        results.ceiling = ceiling(args.bootstrap, main_run.events_topic, args.partitions, events)
+        print(f"    {_rate(results.ceiling.rate)}")
+
+        print("\n[4/6] Faust floor: a Faust agent that only decodes, timed like ours", flush=True)
+        floor = StackRun(args.bootstrap, args.redis_url, f"{name}-floor", workdir / "floor", args.partitions)
+        runs.append(floor)
+        results.faust_floor = run_baseline(floor, broker, main_run.events_topic, events, args.budget, noop=True)
+        print(f"    {_rate(results.faust_floor.rate)}")
+        if results.faust_floor.peak_rss:
+            results.checks.append(f"peak RSS of the Faust floor: {results.faust_floor.peak_rss / 2**20:,.0f} MiB")
+
         if not args.no_baseline:
-            print(f"\n[5/5] baseline: Faust hopping windowed tables (time-boxed to {baseline_budget:.0f} s)")
+            print(f"\n[5/6] baseline: Faust hopping windowed tables (time-boxed to {baseline_budget:.0f} s)")
             base = StackRun(args.bootstrap, args.redis_url, f"{name}-faust", workdir / "faust", args.partitions)
             runs.append(base)
             results.baseline = run_baseline(base, broker, main_run.events_topic, events, baseline_budget)
             print(f"    {_rate(results.baseline.rate)}")
             if results.baseline.peak_rss:
                 results.checks.append(f"peak RSS of the baseline: {results.baseline.peak_rss / 2**20:,.0f} MiB")
+
+        print("\n[6/6] ours: one fatigue worker until every decision is on the topic and in Redis", flush=True)
+        results.ours = run_ours(main_run, broker, events, expected, args.budget, results)
+        print(f"    {_rate(results.ours.rate)} ({results.ours.wall_seconds:.1f} s from process start)")
+        results.state_bytes = state_bytes(broker, main_run)
+        results.checks.append(
+            f"state bytes: worker changelog mean {sum(results.state_bytes) / max(len(results.state_bytes), 1):,.0f} "
+            f"over {len(results.state_bytes):,} keys (8 of them the input offset); replay's states "
+            f"{expected.state_bytes:,.0f} over {expected.customers:,} customers"
+        )
+        print("\n".join(f"    {line}" for line in results.checks))
+
+        if args.profile:
+            print("\n[6b] profile: the worker again under py-spy (fresh group, same input)", flush=True)
+            prof_name = f"{name}-prof"
+            prof = StackRun(args.bootstrap, args.redis_url, prof_name, workdir / "prof", args.partitions, policy)
+            prof.events_topic = main_run.events_topic  # the same input, under its own group and outputs
+            prof.worker_env = worker_env
+            runs.append(prof)
+            # a minute of samples is plenty, and the whole input would double the run
+            results.profile = run_profile(prof, broker, events, min(args.budget, 60.0), workdir)
+            print("\n".join(f"    {line}" for line in results.profile))
     finally:
         broker.close()
         if not args.keep:
