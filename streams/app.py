@@ -9,6 +9,10 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
   materialises that topic into Redis, so a Redis outage only delays Redis and never the guard.
 - Every output is enqueued with ``send_soon`` in processing order, and Faust flushes the producer before it commits
   input offsets: at-least-once, with idempotent effects (the core drops redelivered event ids).
+- The state is written at once, its outputs only flushed at the next commit: after a crash the state of a customer
+  changed at or after the committed offset can be ahead of the topics. Indexing a partition finds those customers
+  (every state write carries the offset of the input being handled) and re-sends what their state says the topics
+  hold: the latest decision or a tombstone per channel, the preferences view or a tombstone.
 - Unread deadlines of quiet customers fire by partition event time (:class:`fatigue.clock.PartitionClock`); when
   a partition goes quiet, a tick message routed through the same partition lets wall clock take over, and the
   same tick tombstones expired blocks, all inside the agent so they are ordered with the partition's decisions.
@@ -26,6 +30,7 @@ from typing import Any, cast
 import faust
 import orjson
 import redis.asyncio as aioredis
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fatigue.clock import PartitionClock, partition_for_key
@@ -45,8 +50,10 @@ TICK = b"tick"
 TICK_KEY = b"\x00fatigue-tick"
 REROUTED_HEADER = "fatigue-rerouted-from"
 _FAUST_INTERNAL_PREFIX = b"__faust"
-# Table values are the input offset that last changed the state (to tell a redelivery from a sender's
-# duplicate) followed by the core's own state bytes.
+# Table values are the offset of the input message being handled when the state last changed (the customer's own
+# event, or another message whose partition clock or tick fired its deadline or expired its block) followed by the
+# core's own state bytes. A state whose offset is at or after the committed offset may be ahead of the outputs.
+# A value of the offset alone marks a customer erased at that offset, kept only until that offset is committed.
 _OFFSET_BYTES = 8
 # the event types that change what preferences_view publishes (time zone, quiet hours, caps, opt-outs)
 _PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
@@ -89,6 +96,7 @@ class GuardService:
         self.tick_pending: dict[int, float] = {}
         self.active_blocks = ActiveBlocks()
         self.customers: dict[int, int] = {}  # stored states per indexed partition, for fatigue_state_customers
+        self.erasures: dict[int, list[tuple[int, bytes]]] = {}  # (offset, key) of erasure markers, per partition
 
     # ------------------------------------------------------------------ input agent
 
@@ -105,10 +113,12 @@ class GuardService:
         self.last_offset[partition] = message.offset
         headers = dict(message.headers or ())
         if headers.get(CONTROL_HEADER) == TICK:
-            self._on_tick(partition, _tick_time(message.value))
+            self._on_tick(partition, _tick_time(message.value), message.offset)
             return
         self.last_input[partition] = time.monotonic()
-        self._ensure_indexed(partition)
+        self._ensure_indexed(partition, message.offset)
+        if self.erasures:
+            self._drop_committed_erasures(partition, self._committed(partition))
         if message.key is not None and headers.get(REROUTED_HEADER) is None:
             expected = partition_for_key(message.key, self.settings.partitions)
             if expected != partition:
@@ -132,6 +142,15 @@ class GuardService:
         stored_offset, state = self._load(key)
         blocks_before = block_untils(state)  # the core mutates the state in place
         step = self.guard.process(state, parsed)
+        if message.offset <= stored_offset and step.rejection is None:
+            # Redelivered after a restart, and the stored state already includes it (states are written in
+            # offset order), yet the core would apply it again: an erasure since forgot its event id, or the
+            # id cap of a hot key did (an erasure itself is never a duplicate to the core). Applying it twice
+            # would count it twice; what it published was re-sent when the partition was indexed.
+            self._dead_letter(
+                message, Rejection("duplicate", "already applied before a restart", parsed.event_id, parsed.customer_id)
+            )
+            return
         self.active_blocks.change(partition, blocks_before, block_untils(step.state))
         if (state is None) != (step.state is None) and partition in self.customers:
             self.customers[partition] += 1 if state is None else -1  # a new customer, or an erased one
@@ -139,16 +158,9 @@ class GuardService:
             self._erase(key, step, partition, message.offset)
             return
         if step.rejection is not None:
+            # A redelivered event is a duplicate (or late) here; what its first run published and the crash may
+            # have lost was re-sent when the partition was indexed (see _repair), so a rejection is all it takes.
             self._dead_letter(message, step.rejection)
-            if step.rejection.reason == "duplicate" and step.state is not None and message.offset <= stored_offset:
-                # A redelivery after a crash (not a sender's duplicate, which comes at a new offset): the state
-                # may be ahead of the decisions and preferences topics, so re-send the latest decisions, and the
-                # preferences if this event set them, idempotently.
-                for decision in self.guard.latest_decisions(step.state):
-                    self._send_decision(decision, partition)
-                    self.metrics.repaired.inc()
-                if parsed.type in _PREFERENCE_TYPES:
-                    self.prefs.send_soon(key=key, value=orjson.dumps(preferences_view(step.state)))
             return
         assert step.state is not None
         self.metrics.events.labels(type=parsed.type, channel=parsed.channel or "all", category=parsed.category).inc()
@@ -158,10 +170,11 @@ class GuardService:
         clock = self._clock(partition)
         clock.observe(step.state)
         self.metrics.partition_event_time.labels(partition=str(partition)).set((clock.time_ms or 0) / 1000)
-        self._fire_due(partition, clock.fire_before_ms, "event_time")
+        self._fire_due(partition, clock.fire_before_ms, "event_time", message.offset)
 
     def _erase(self, key: bytes, step: Step, partition: int, offset: int) -> None:
-        """Right to erasure: delete the state and every derived record; keep only opt-out suppressions."""
+        """Right to erasure: delete the state (an empty marker stays until the erasure is committed) and every
+        derived record; keep only opt-out suppressions."""
         kept = {decision["channel"] for decision in step.decisions}
         for decision in step.decisions:
             self._send_decision(decision, partition)
@@ -172,10 +185,26 @@ class GuardService:
         self.prefs.send_soon(key=key, value=None)
         if step.state is None:
             if key in self.table:
-                del self.table[key]
+                # Not deleted yet: a crash before this offset is committed redelivers the customer's earlier
+                # events, and with no state at all they would be applied again from nothing (published, then
+                # erased again). The marker holds nothing but the offset, and goes once that is committed.
+                self.table[key] = offset.to_bytes(_OFFSET_BYTES, "big", signed=True)
+                self.erasures.setdefault(partition, []).append((offset, key))
         else:
             self._store(key, step.state, offset)
         self.metrics.erasures.inc()
+
+    def _drop_committed_erasures(self, partition: int, committed: int | None) -> None:
+        """Delete the erasure markers of ``partition`` before ``committed`` (never redelivered again)."""
+        pending = self.erasures.get(partition)
+        if not pending or committed is None:
+            return
+        while pending and pending[0][0] < committed:
+            offset, key = pending.pop(0)
+            if self.table.get(key) == offset.to_bytes(_OFFSET_BYTES, "big", signed=True):  # not since replaced
+                del self.table[key]
+        if not pending:
+            del self.erasures[partition]
 
     def explain(self, customer_id: str) -> dict[str, Any] | None:
         """The right-of-access view of one customer held by this worker."""
@@ -187,9 +216,10 @@ class GuardService:
         stored = self.table.get(key)
         if stored is None:
             return -1, None
-        return int.from_bytes(stored[:_OFFSET_BYTES], "big", signed=True), CustomerState.from_bytes(
-            stored[_OFFSET_BYTES:]
-        )
+        offset = int.from_bytes(stored[:_OFFSET_BYTES], "big", signed=True)
+        if len(stored) == _OFFSET_BYTES:
+            return offset, None  # an erasure's marker
+        return offset, CustomerState.from_bytes(stored[_OFFSET_BYTES:])
 
     def _store(self, key: bytes, state: CustomerState, offset: int) -> int:
         encoded = state.to_bytes()
@@ -213,8 +243,9 @@ class GuardService:
             ).inc()
 
     def _send_decision(self, decision: dict[str, Any], partition: int) -> None:
-        key = f"{decision['channel']}:{decision['customer_id']}".encode()
-        self.decisions.send_soon(key=key, value=orjson.dumps(decision))
+        self.decisions.send_soon(
+            key=_decision_key(decision["channel"], decision["customer_id"]), value=orjson.dumps(decision)
+        )
         self.metrics.decisions.labels(
             action=decision["action"], reason=decision["reason"], channel=decision["channel"]
         ).inc()
@@ -244,15 +275,32 @@ class GuardService:
             clock = self.clocks[partition] = PartitionClock(self.settings.deadline_settle_ms)
         return clock
 
-    def _ensure_indexed(self, partition: int) -> None:
-        """After (re)assignment, rebuild the partition's clock and expiry index from its stored states."""
+    def _ensure_indexed(self, partition: int, offset: int) -> None:
+        """After (re)assignment, rebuild the partition's clock and expiry index from its stored states, and repair
+        the outputs of the states that may be ahead of them (see :meth:`_repair`).
+
+        Runs when the partition's first message since the assignment is handled (``offset``), after table
+        recovery, so before any redelivered message is processed.
+        """
         if partition in self.clocks:
             return
         clock = self._clock(partition)
         expiries: list[tuple[int, str, int]] = []
         self.active_blocks.reset(partition, int(time.time() * 1000))
         customers = 0
-        for stored in self._stored_states(partition):
+        # Where the group resumed reading: the consumer starts an assigned partition at its committed offset, so
+        # the first message is there. Faust's own record of committed offsets can lag it (it is updated once it
+        # has asked the broker for every partition, while the first messages already flow), so it only counts
+        # when it is known and lower (input before the first message deleted by retention).
+        committed = self._committed(partition)
+        resume = offset if committed is None else min(offset, committed)
+        ahead: list[CustomerState] = []
+        erased: list[tuple[int, bytes]] = []
+        for key, stored in self._stored_states(partition):
+            changed_at = int.from_bytes(stored[:_OFFSET_BYTES], "big", signed=True)
+            if len(stored) == _OFFSET_BYTES:
+                erased.append((changed_at, key))
+                continue
             state = CustomerState.from_bytes(stored[_OFFSET_BYTES:])
             clock.observe(state)
             self.active_blocks.change(partition, NO_BLOCKS, block_untils(state))
@@ -260,12 +308,77 @@ class GuardService:
             for channel, record in enumerate(state.emitted):
                 if record is not None and record[1]["action"] == "block" and record[1]["until_ms"] is not None:
                     expiries.append((record[1]["until_ms"], state.customer_id, channel))
+            if changed_at >= resume:
+                ahead.append(state)
         heapq.heapify(expiries)
         self.expiries[partition] = expiries
         self.customers[partition] = customers
         log.info("partition %d indexed: %d pending deadlines, %d expiring blocks", partition, len(clock), len(expiries))
+        # erasure markers: those committed are no longer needed, the others may be ahead of their tombstones
+        erased.sort()
+        self.erasures[partition] = erased
+        self._drop_committed_erasures(partition, resume)
+        uncommitted = [key for _, key in self.erasures.get(partition, [])]
+        if ahead or uncommitted:
+            self._repair(partition, resume, ahead, uncommitted)
 
-    def _stored_states(self, partition: int) -> Iterable[bytes]:
+    def _committed(self, partition: int) -> int | None:
+        """The group's committed offset of an input partition (the next offset to read), as far as Faust knows
+        it: None when it does not (yet), or has none above 0."""
+        # Faust's own record, not public API: a defaultdict of None, offset 0 stored as None too, set by its seek
+        # to committed offsets after an assignment and updated by every commit.
+        committed = getattr(self.app.consumer, "_committed_offset", None)
+        return None if committed is None else committed.get(TP(self.settings.events_topic, partition))
+
+    def _repair(self, partition: int, resume: int, states: list[CustomerState], erased: list[bytes]) -> None:
+        """Re-send what the topics should hold for customers whose state changed at or after the committed offset.
+
+        Their state was stored, but the outputs of that change were only enqueued, and a crash (SIGKILL, OOM,
+        power) before the next commit loses them; the input is redelivered from ``resume``, where the core sees
+        the customer's events as duplicates (or late) and publishes nothing, and a deadline or expiry fired then
+        does not fire again. What the state remembers is what the compacted topics must end with, so each such
+        customer gets, in order before the redelivered input: per channel its latest decision (a block, or an
+        allow still remembered) or, when it remembers none, a tombstone (the channel is not blocked: an expired
+        block, an allow older than the late grace or no decision at all; Redis deletes the key, and a tombstone of
+        a key that never had a record is a no-op); and its preferences view, or a tombstone when it has none. A
+        customer erased there (``erased``: keys of erasure markers) gets tombstones only, as the erasure sent.
+        Idempotent: a compacted topic and Redis keep only the latest record per key.
+        """
+        decisions = views = 0
+        for state in states:
+            customer = state.customer_id
+            latest = {decision["channel"]: decision for decision in self.guard.latest_decisions(state)}
+            for channel in CHANNELS:
+                decision = latest.get(channel)
+                value = orjson.dumps(decision) if decision is not None else None
+                self.decisions.send_soon(key=_decision_key(channel, customer), value=value)
+            decisions += len(latest)
+            if _has_preferences(state):
+                self.prefs.send_soon(key=customer.encode(), value=orjson.dumps(preferences_view(state)))
+                views += 1
+            else:
+                self.prefs.send_soon(key=customer.encode(), value=None)
+        for key in erased:
+            for channel in CHANNELS:
+                self.decisions.send_soon(key=_decision_key(channel, key.decode()), value=None)
+            self.prefs.send_soon(key=key, value=None)
+        customers = len(states) + len(erased)
+        self.metrics.repaired.inc(4 * customers)  # records re-sent: one per channel and one preferences record
+        log.info(
+            "partition %d: %d customers changed at or after committed offset %d (%d of them erased), re-sent "
+            "%d decisions, %d decision tombstones, %d preference views and %d preference tombstones",
+            partition,
+            customers,
+            resume,
+            len(erased),
+            decisions,
+            3 * customers - decisions,
+            views,
+            customers - views,
+        )
+
+    def _stored_states(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
+        """(key, table value) of every customer stored for ``partition``."""
         # Faust's RocksDB store keeps one database per partition; iterating it directly is the only way to
         # list one partition's keys (the table API iterates all active partitions together).
         open_partition = getattr(self.table.data, "_db_for_partition", None)
@@ -274,15 +387,21 @@ class GuardService:
         database = open_partition(partition)
         for key, value in database.items():
             if isinstance(key, bytes) and not key.startswith(_FAUST_INTERNAL_PREFIX) and value:
-                yield value
+                yield key, value
 
-    def _fire_due(self, partition: int, before_ms: int | None, clock_name: str) -> None:
+    def _fire_due(self, partition: int, before_ms: int | None, clock_name: str, offset: int) -> None:
+        """Advance the partition's customers whose deadlines fall before ``before_ms``.
+
+        ``offset`` is the input message being handled (the event that moved the clock, or the tick): stored with
+        the advanced states, it marks them as changed by that message, so a crash before it is committed finds
+        them ahead of their outputs (no redelivered event of theirs would show it).
+        """
         if before_ms is None:
             return
         clock = self._clock(partition)
         for customer in clock.due(before_ms):
             key = customer.encode()
-            offset, state = self._load(key)
+            _, state = self._load(key)
             if state is None:
                 continue
             blocks_before = block_untils(state)
@@ -292,30 +411,35 @@ class GuardService:
             clock.schedule(state)
             self.metrics.deadlines_fired.labels(clock=clock_name).inc()
 
-    def _on_tick(self, partition: int, wall_ms: int) -> None:
+    def _on_tick(self, partition: int, wall_ms: int, offset: int) -> None:
+        """Wall clock on a quiet partition (``offset``: the tick's own): fire due deadlines, tombstone expired
+        blocks."""
         self.tick_pending.pop(partition, None)
-        self._ensure_indexed(partition)
+        self._ensure_indexed(partition, offset)
         bound = wall_ms - self.settings.wall_settle_ms
-        self._fire_due(partition, bound, "wall_clock")
+        self._fire_due(partition, bound, "wall_clock", offset)
         expiries = self.expiries.get(partition, [])
         while expiries and expiries[0][0] <= bound:
             until, customer, channel = heapq.heappop(expiries)
             key = customer.encode()
-            offset, state = self._load(key)
+            _, state = self._load(key)
             if state is None:
                 continue
             record = state.emitted[channel]
             if record is None or record[1]["action"] != "block" or record[1]["until_ms"] != until:
                 continue  # superseded by a newer decision, which has its own entry
             state.emitted[channel] = None
+            # stored with the tick's offset: a crash before the tick is committed then finds the state ahead of
+            # the topic and re-sends the tombstone (see _repair)
             self._store(key, state, offset)
-            self.decisions.send_soon(key=f"{CHANNELS[channel]}:{customer}".encode(), value=None)
+            self.decisions.send_soon(key=_decision_key(CHANNELS[channel], customer), value=None)
             self.metrics.tombstones.inc()
 
     def partitions_changed(self) -> None:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
         self.clocks.clear()
         self.expiries.clear()
+        self.erasures.clear()
         self.tick_pending.clear()
         self.active_blocks.forget()
         self.customers.clear()
@@ -413,6 +537,27 @@ class GuardService:
                 for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables")
             )
         return sizes
+
+
+def _decision_key(channel: str, customer_id: str) -> bytes:
+    """The decisions topic's key: ``{channel}:{customer_id}``."""
+    return f"{channel}:{customer_id}".encode()
+
+
+def _has_preferences(state: CustomerState) -> bool:
+    """Whether the preferences view was published for this customer (and not since tombstoned by an erasure).
+
+    The worker publishes the view after every accepted preference, unsubscribe or SMS STOP event, and each of
+    them leaves a fact with its event time in the state (a preference that loses to a newer fact leaves the newer
+    one); an erasure tombstones the view and keeps only opt-outs stamped at instant 0, which no accepted event can
+    have (event times start in 2000). None of these facts is ever trimmed.
+    """
+    return (
+        state.timezone is not None
+        or any(fact is not None for fact in state.quiet)
+        or any(fact is not None for fact in state.customer_caps)
+        or any(fact is not None and fact[0] > 0 for fact in state.opt_outs)
+    )
 
 
 def _tick_time(value: bytes | None) -> int:

@@ -59,7 +59,7 @@ class Metrics:
         )
         self.repaired = Counter(
             "fatigue_redelivery_repairs_total",
-            "Latest decisions re-sent because a redelivered event was seen",
+            "Records re-sent on restart for customers changed after the committed offset (state ahead of outputs)",
             registry=r,
         )
         self.deadlines_fired = Counter(

@@ -23,6 +23,8 @@ SETTLE_MS = 3_600_000  # the worker's default --deadline-settle
 WALL_SETTLE_MS = 60_000  # the worker's default --wall-settle
 # the reasons a redelivered (already accepted) event is rejected with the second time round
 REDELIVERY_REASONS = frozenset({"duplicate", "late"})
+# the event types after which the worker publishes the customer's preferences view
+PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
 
 Messages = list[tuple[bytes | None, bytes]]
 
@@ -46,7 +48,7 @@ class Expected:
     rejections: Counter[tuple[str, bytes]]  # (reason, raw message)
     violations: Counter[bytes]
     blocks: dict[str, dict[str, Any]]  # Redis key -> decision in force at now_ms
-    prefs: dict[str, dict[str, Any]]  # Redis key -> preferences view
+    prefs: dict[str, dict[str, Any]]  # Redis key -> preferences view, for every customer that has one
     accepted_ids: set[str]
     latest: dict[str, bytes]  # decisions-topic key -> the last decision emitted for it (what compaction keeps)
     stats: ReplayStats
@@ -93,10 +95,13 @@ def expected_outputs(
         if step.rejection is not None:
             rejections[(step.rejection.reason, value)] += 1
             continue
-        if step.state is not None:
-            accepted_ids.add(orjson.loads(value)["event_id"])
-            if b'"preference"' in value:
-                preference_customers.add(step.state.customer_id)
+        if step.state is not None or step.erased:
+            body = orjson.loads(value)
+            accepted_ids.add(body["event_id"])
+            if body["type"] in PREFERENCE_TYPES:
+                preference_customers.add(body["customer_id"])
+            elif body["type"] == "erase":
+                preference_customers.discard(body["customer_id"])  # the view is deleted with the customer
     if wall_clock:
         emitted(replay.finish(now_ms - WALL_SETTLE_MS))
     blocks = {
@@ -128,13 +133,19 @@ def violations_on_topic(deployment: GuardDeployment) -> Counter[bytes]:
     return Counter(canonical(orjson.loads(value)) for _, value, _ in deployment.read_topic("violations") if value)
 
 
-def redis_prefs(deployment: GuardDeployment, keys: list[str]) -> dict[str, dict[str, Any]]:
+def redis_prefs(deployment: GuardDeployment) -> dict[str, dict[str, Any]]:
+    """Every preferences view of the deployment in Redis."""
     client = redis.Redis.from_url(deployment.redis_url)
     try:
+        keys = [key.decode() for key in client.scan_iter(match=f"{deployment.redis_prefix}:prefs:*", count=1000)]
         stored = dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
     finally:
         client.close()
     return {key: orjson.loads(value) for key, value in stored.items() if value}
+
+
+def _in_force(decision: dict[str, Any], now_ms: int) -> bool:
+    return bool(decision["action"] == "block" and (decision["until_ms"] is None or decision["until_ms"] > now_ms))
 
 
 def _near(until_ms: int | None, now_ms: int) -> bool:
@@ -161,31 +172,51 @@ def assert_decisions_exact(deployment: GuardDeployment, expected: Expected) -> i
 class AtLeastOnce:
     records: int  # decision records on the topic
     resent: int  # records beyond the replay's count: decisions sent again after the crash
-    superseded_lost: set[bytes]  # replay decisions never published, each superseded by a later one on its key
+    lost: set[bytes]  # replay decisions never published: superseded on their key, or ended and tombstoned
 
 
 def assert_decisions_at_least_once(
     deployment: GuardDeployment, expected: Expected, redelivered_from: dict[int, int]
 ) -> AtLeastOnce:
-    """After a crash: nothing the replay does not decide is published, the latest decision of every key (what the
-    compacted topic keeps and Redis mirrors) is the replay's, and every replay decision is published at least
-    once, unless it was superseded on its key by a later one (the crashed worker's state had run ahead of its
-    output: redelivered events are duplicates to it, and it re-sends each key's latest decision only) and was
-    caused by input not committed at the crash (offsets from ``redelivered_from``) or fired by a deadline."""
+    """After a crash: nothing the replay does not decide is published; the latest record of every key (what the
+    compacted topic keeps and Redis mirrors) is the replay's latest decision, or a tombstone where that decision is
+    no longer in force (an expired block, or an allow); and every replay decision is published at least once,
+    unless it was caused by input not committed at the crash (offsets from ``redelivered_from``) or fired by a
+    deadline, and then superseded on its key by a later one, or ended and tombstoned. (The crashed worker's state
+    had run ahead of its outputs; on restart it re-sends what that state remembers per key: the latest decision,
+    or a tombstone when it remembers none, and redelivered events are duplicates to it.)"""
     on_topic: Counter[bytes] = Counter()
-    latest: dict[str, bytes] = {}
+    latest: dict[str, bytes | None] = {}  # None: a tombstone
     for key, value, _ in deployment.read_topic("decisions"):  # in offset order per partition, hence per key
-        if value is None or key is None:
-            continue  # tombstones of expired blocks
+        if key is None:
+            continue
+        if value is None:
+            latest[key.decode()] = None  # an expired block cleaned up, or a crash repair: the key holds no block
+            continue
         encoded = canonical(orjson.loads(value))
         on_topic[encoded] += 1
         latest[key.decode()] = encoded
     extra = set(on_topic) - set(expected.decisions)
     assert not extra, f"{len(extra)} decisions the replay does not make, e.g. {sorted(extra)[:2]}"
-    wrong = sorted(key for key in expected.latest.keys() | latest.keys() if latest.get(key) != expected.latest.get(key))
-    assert not wrong, f"{len(wrong)} keys whose latest decision differs from the replay's, e.g. {wrong[:3]}"
+
+    def ended_and_tombstoned(key: str) -> bool:
+        want = expected.latest.get(key)
+        return (
+            key in latest
+            and latest[key] is None
+            and (want is None or not _in_force(orjson.loads(want), expected.now_ms))
+        )
+
+    wrong = sorted(
+        key
+        for key in expected.latest.keys() | latest.keys()
+        if latest.get(key) != expected.latest.get(key) and not ended_and_tombstoned(key)
+    )
+    assert not wrong, f"{len(wrong)} keys whose latest record differs from the replay's, e.g. {wrong[:3]}"
     missing = set(expected.decisions) - set(on_topic)
-    latest_missing = sorted(d for d in missing if expected.latest[_topic_key(orjson.loads(d))] == d)
+    latest_missing = sorted(
+        d for d in missing if expected.latest[key := _topic_key(orjson.loads(d))] == d and not ended_and_tombstoned(key)
+    )
     assert not latest_missing, f"{len(latest_missing)} keys' latest decisions lost, e.g. {latest_missing[:2]}"
     if missing:
         positions = deployment.input_positions()
@@ -279,10 +310,15 @@ def assert_redis_blocks_exact(deployment: GuardDeployment, expected: Expected, m
 
 
 def assert_redis_prefs_exact(deployment: GuardDeployment, expected: Expected) -> int:
-    stored = redis_prefs(deployment, list(expected.prefs))
+    """Redis holds exactly the replay's preferences views: one per customer with a preference, unsubscribe or
+    SMS STOP event, each equal to the view of the customer's final state, and no other."""
+    stored = redis_prefs(deployment)
     missing = sorted(set(expected.prefs) - set(stored))
-    wrong = sorted(key for key in stored if stored[key] != expected.prefs[key])
-    assert not missing and not wrong, f"redis prefs missing {missing[:5]}, different {wrong[:5]}"
+    extra = sorted(set(stored) - set(expected.prefs))
+    wrong = sorted(key for key in stored.keys() & expected.prefs.keys() if stored[key] != expected.prefs[key])
+    assert not missing and not extra and not wrong, (
+        f"redis prefs missing {missing[:5]}, extra {extra[:5]}, different {wrong[:5]}"
+    )
     return len(stored)
 
 

@@ -10,11 +10,13 @@ are then compared with ``Replay`` of the whole stream, as in the parity tests:
 - graceful restart with the data directory wiped: state comes from the changelog topic alone; same equalities;
 - SIGKILL mid-stream, same data directory: at-least-once. Decisions may be sent again and redelivered input
   dead-lettered again (as ``duplicate``/``late``, or the same rejection), only for input not committed at the
-  kill. Nothing the replay does not produce is published, every key's latest decision (what the compacted topic
-  keeps) is the replay's, Redis blocks and prefs are exact. Known gap, asserted to stay inside the redelivered
-  window: the crashed worker's state has run ahead of its output, so a decision it made in that window and
-  superseded on the same key before the kill, or a violation, may never be published (after a crash the
-  worker re-sends only the latest decision of each key).
+  kill. The crashed worker's state has run ahead of its outputs; on restart it re-sends, for every customer
+  changed at or after the committed offset, what that state remembers per key (see ``GuardService._repair``).
+  Nothing the replay does not produce is published; every key's latest record on the compacted topic is the
+  replay's latest decision, or a tombstone where that one is no longer in force; Redis blocks and preferences
+  are exact (every key, none extra), and the restarted worker's log shows the repair. Known gap, asserted to
+  stay inside the redelivered window: a decision made in that window and superseded on its key (or ended)
+  before the kill, and a violation found there, may never be published.
 
 While the first worker of the graceful tests is paused between the halves, wall clock must not take over (it
 would fire the first half's unread deadlines and expire its blocks by today's date, which a replay of the whole
@@ -55,6 +57,7 @@ NO_WALL_CLOCK = ("--quiet-after", "1e9")  # never treat a partition as quiet: no
 
 _TABLE_ROW = re.compile(r"^\|[^|]*\|\s*(\d+)\s*\|\s*(-?\d+)\s*\|\s*$")
 _INDEXED = re.compile(r"partition (\d+) indexed: (\d+) pending deadlines, (\d+) expiring blocks")
+_REPAIRED = re.compile(r"partition (\d+): (\d+) customers changed at or after committed offset (\d+)")
 
 
 def _log_table(log: str, title: str) -> dict[int, int]:
@@ -74,6 +77,12 @@ def _log_table(log: str, title: str) -> dict[int, int]:
 def _recovery(log: str) -> tuple[dict[int, int], dict[int, int]]:
     """(last changelog offset, offset recovery reads from) per partition of the state table, from a run's log."""
     return _log_table(log, "Highwater - Active"), _log_table(log, "Reading Starts At - Active")
+
+
+def _repaired(log: str) -> dict[int, tuple[int, int]]:
+    """partition -> (customers whose outputs were re-sent, the committed offset they were found from), per the
+    restarted worker's log."""
+    return {int(m.group(1)): (int(m.group(2)), int(m.group(3))) for m in _REPAIRED.finditer(log)}
 
 
 def _indexed(log: str) -> tuple[int, int]:
@@ -151,6 +160,7 @@ def test_graceful_restart_resumes_from_rocksdb_without_recounting(
     assert all(starts[p] == highwater[p] >= 0 for p in highwater), (highwater, starts)
     assert "Restoring state from changelog topics" not in log
     assert blocks > 0, "the restarted worker should find the first half's blocks in its table"
+    assert not _repaired(log), "a graceful stop commits everything it handled: nothing can be ahead of the outputs"
     assert "Error in recovery" not in log  # faust skips a changelog record it cannot decode and goes on
     assert "Traceback" not in deployment.log_since("w1", 0)
 
@@ -179,17 +189,12 @@ def test_restart_with_wiped_data_dir_recovers_from_changelog(deployment_factory:
     assert all(starts[p] == -1 < highwater[p] for p in highwater), (highwater, starts)
     assert "Restoring state from changelog topics" in log
     assert blocks > 0, "the restarted worker should find the first half's blocks in its restored table"
+    assert not _repaired(log), "a graceful stop commits everything it handled: nothing can be ahead of the outputs"
     assert "Error in recovery" not in log  # faust skips a changelog record it cannot decode and goes on
     assert "Traceback" not in deployment.log_since("w1", 0)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 7): after SIGKILL the RocksDB state can be ahead of the outputs; only each key's "
-    "latest decision and a redelivered preference event's view are re-sent, so a preferences view (or a "
-    "superseded decision) changed inside the crash window can stay stale; seen in about one run in six",
-)
 def test_sigkill_mid_stream_loses_no_block(deployment_factory: Callable[..., GuardDeployment]):
     deployment = deployment_factory()
     deployment.create_topics()
@@ -224,17 +229,24 @@ def test_sigkill_mid_stream_loses_no_block(deployment_factory: Callable[..., Gua
     lost_violations = assert_violations_at_least_once(deployment, expected, committed_at_kill)
     log = deployment.log_since("w1", log_offset)
     highwater, starts = _recovery(log)
-    lost = len(published.superseded_lost)
+    repaired = _repaired(log)
+    lost = len(published.lost)
     print(
-        f"  verified: no decision the replay does not make; the latest decision of each of the {len(expected.latest)} "
-        f"keys is the replay's; {len(expected.decisions) - lost} of {len(expected.decisions)} distinct decisions "
-        f"published ({published.records} records, {published.resent} sent again), the other {lost} superseded "
-        f"on their key by a later, published one and caused in the redelivered window\n"
+        f"  verified: no decision the replay does not make; the latest record of each of the "
+        f"{len(expected.latest)} keys is the replay's latest decision (or a tombstone where that has ended); "
+        f"{len(expected.decisions) - lost} of {len(expected.decisions)} distinct decisions published "
+        f"({published.records} records, {published.resent} sent again), the other {lost} caused in the "
+        f"redelivered window and superseded on their key (or ended) before the kill\n"
         f"  verified: every rejection dead-lettered, plus {sum(extra_letters.values())} for redelivered input "
-        f"{dict(extra_letters.most_common())}; {blocks} Redis blocks and {prefs} prefs exact\n"
+        f"{dict(extra_letters.most_common())}; {blocks} Redis blocks and all {prefs} prefs exact\n"
         f"  verified: no violation the replay does not find; {len(lost_violations)} lost, all of events in the "
         f"redelivered window\n"
+        f"  repair: outputs of {sum(c for c, _ in repaired.values())} customers changed at or after the committed "
+        f"offsets re-sent on restart ({ {p: c for p, (c, _) in sorted(repaired.items())} } per partition)\n"
         f"  recovery: changelog last offsets {highwater}, read from {starts}; {time.monotonic() - started:.0f}s"
     )
+    assert repaired, "the kill should leave state ahead of the outputs, and the restart repair it"
+    # the restarted worker found them from the offsets the group had committed when it was killed
+    assert all(resume == committed_at_kill[p] for p, (_, resume) in repaired.items()), (repaired, committed_at_kill)
     assert "Error in recovery" not in log
     assert "Traceback" not in log

@@ -1,0 +1,515 @@
+"""The worker's crash repair, without Kafka: the real :class:`GuardService` over in-memory stand-ins for Faust's
+table, topics and consumer, killed at many points and restarted, against the same service run without a crash.
+
+The crash model is the worst Faust allows with at-least-once: the table holds every state change the killed
+worker made (RocksDB is written at once), the group committed each input partition somewhere behind what was
+handled, every output caused by committed input was published (Faust flushes before it commits), and of the
+outputs caused after the committed offset only a prefix of the send order survived, possibly none. The restarted
+service gets the same table, the committed offsets, and the input again from them, then wall clock ticks at the
+end. Ticks are also interleaved in the stream, so wall-clock deadlines and tombstones of expired blocks happen
+inside crash windows, and a few customers are erased.
+
+What must hold after the restart, for every kill point::
+
+    partition p:  0 ........ committed C_p ....... handled H_p | ... rest of the input ... | tick(now)
+                  outputs published               outputs lost (any suffix)
+                                                  ^ redelivered from C_p after the restart
+
+- Redis as the decisions topic leaves it: exactly the blocks in force of the run without a crash;
+- Redis as the preferences topic leaves it: exactly the views of the run without a crash;
+- every key's latest record on the decisions topic is the uncrashed run's, or a tombstone where that one is not
+  in force (an expired block or an allow), and no decision the uncrashed run does not make is ever published.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+
+from fatigue.clock import partition_for_key
+from fatigue.events import Rejection, parse_event
+from fatigue.generate import generate_messages
+from fatigue.testing import DAY, at, policy_named
+from streams.app import CONTROL_HEADER, TICK, GuardService
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+PARTITIONS = 3
+SETTINGS = Settings(partitions=PARTITIONS, deadline_settle_ms=3_600_000, wall_settle_ms=60_000)
+EVENTS = SETTINGS.events_topic
+# the stream ends ten days ago: the final ticks (wall clock) settle every deadline, many blocks are still in force
+START_MS = int(time.time() * 1000) - 70 * DAY
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    origin: tuple[int, int]  # the input (partition, offset) being handled when it was sent
+
+
+@dataclass
+class World:
+    """What one worker process sends, and the input message it is handling."""
+
+    sent: list[Sent] = field(default_factory=list)
+    current: tuple[int, int] = (-1, -1)
+
+
+class FakeTopic:
+    def __init__(self, name: str, world: World) -> None:
+        self.name = name
+        self.world = world
+
+    def send_soon(
+        self,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        partition: int | None = None,
+        headers: Any = None,
+    ) -> None:
+        self.world.sent.append(Sent(self.name, key, value, self.world.current))
+
+
+class FakeTable:
+    """Faust's table as the service uses it: one dict per partition, like its one RocksDB per partition."""
+
+    def __init__(self, dbs: dict[int, dict[bytes, bytes]]) -> None:
+        self.dbs = dbs
+        self.data = self
+
+    def _db_for_partition(self, partition: int) -> dict[bytes, bytes]:
+        return self.dbs[partition]
+
+    def _db(self, key: bytes) -> dict[bytes, bytes]:
+        return self.dbs[partition_for_key(key, PARTITIONS)]
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db(key).get(key)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._db(key)[key] = value
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._db(key)
+
+    def __delitem__(self, key: bytes) -> None:
+        del self._db(key)[key]
+
+
+class FakeConsumer:
+    def __init__(self, committed: dict[int, int]) -> None:
+        # like Faust's: keyed by TP, offset 0 stored as None
+        self._committed_offset = {TP(EVENTS, p): (offset or None) for p, offset in committed.items()}
+
+    def assignment(self) -> set[TP]:
+        return {TP(EVENTS, p) for p in range(PARTITIONS)}
+
+
+class FakeApp:
+    def __init__(self, world: World, table: FakeTable, committed: dict[int, int]) -> None:
+        self.world = world
+        self.table = table
+        self.consumer = FakeConsumer(committed)
+
+    def topic(self, name: str, **kwargs: Any) -> FakeTopic:
+        return FakeTopic(name, self.world)
+
+    def Table(self, name: str, **kwargs: Any) -> FakeTable:  # Faust's name
+        return self.table
+
+
+@dataclass
+class FakeMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+Input = list[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]]
+
+
+def _inputs(seed: int) -> dict[int, Input]:
+    """Per input partition: a generated stream (all event types, malformed messages, duplicates, late events),
+    a few erasures, and a tick every so often carrying a wall clock a day ahead of the partition's event time."""
+    rng = random.Random(seed)
+    start_ms = START_MS
+    inputs: dict[int, Input] = {p: [] for p in range(PARTITIONS)}
+    newest: dict[int, int] = {}
+    for key, value in generate_messages(3_000, 120, seed, start_ms, span_days=60):
+        partition = partition_for_key(key, PARTITIONS) if key is not None else 0
+        inputs[partition].append((key, value, None))
+        parsed = parse_event(value, key)
+        if not isinstance(parsed, Rejection):
+            newest[partition] = max(newest.get(partition, 0), parsed.ts_ms)
+        if key is not None and rng.random() < 0.004:
+            erase = {"type": "erase", "event_id": f"erase-{rng.random()}", "customer_id": key.decode()}
+            erase["ts"] = newest.get(partition, start_ms)
+            inputs[partition].append((key, orjson.dumps(erase), None))
+        if rng.random() < 0.01 and partition in newest:
+            wall_ms = newest[partition] + DAY
+            inputs[partition].append((b"\x00fatigue-tick", str(wall_ms).encode(), [(CONTROL_HEADER, TICK)]))
+    return inputs
+
+
+def _order(inputs: dict[int, Input], starts: dict[int, int], rng: random.Random) -> Iterator[tuple[int, int]]:
+    """(partition, offset) in the order one consumer hands them out: partitions interleaved in random runs."""
+    positions = dict(starts)
+    while True:
+        open_partitions = [p for p in range(PARTITIONS) if positions[p] < len(inputs[p])]
+        if not open_partitions:
+            return
+        partition = rng.choice(open_partitions)
+        for _ in range(rng.randint(1, 40)):
+            if positions[partition] >= len(inputs[partition]):
+                break
+            yield partition, positions[partition]
+            positions[partition] += 1
+
+
+class Worker:
+    def __init__(
+        self, service_class: type[GuardService], dbs: dict[int, dict[bytes, bytes]], committed: dict[int, int]
+    ):
+        self.world = World()
+        app = FakeApp(self.world, FakeTable(dbs), committed)
+        self.service = service_class(SETTINGS, policy_named("default"), app, Metrics())  # type: ignore[arg-type]
+
+    def handle(self, inputs: dict[int, Input], partition: int, offset: int) -> None:
+        self.deliver(partition, offset, *inputs[partition][offset])
+
+    def deliver(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        self.world.current = (partition, offset)
+        self.service.handle(FakeEvent(FakeMessage(EVENTS, partition, offset, key, value, headers)))  # type: ignore[arg-type]
+
+    def final_ticks(self, inputs: dict[int, Input]) -> None:
+        """Wall clock takes over at the end: one tick per partition, appended to its input."""
+        for partition in range(PARTITIONS):
+            inputs[partition].append(
+                (b"\x00fatigue-tick", str(int(time.time() * 1000)).encode(), [(CONTROL_HEADER, TICK)])
+            )
+            self.handle(inputs, partition, len(inputs[partition]) - 1)
+
+
+@dataclass
+class Published:
+    decisions: dict[bytes, bytes | None]  # latest record per key (None: tombstone)
+    prefs: dict[bytes, bytes | None]
+    decision_values: set[bytes]
+
+    @classmethod
+    def of(cls, records: list[Sent]) -> Published:
+        assert not any(record.topic == EVENTS for record in records), "nothing is rerouted in this stream"
+        decisions: dict[bytes, bytes | None] = {}
+        prefs: dict[bytes, bytes | None] = {}
+        values: set[bytes] = set()
+        for record in records:
+            if record.topic == SETTINGS.decisions_topic:
+                assert record.key is not None
+                decisions[record.key] = record.value
+                if record.value is not None:
+                    values.add(record.value)
+            elif record.topic == SETTINGS.prefs_topic:
+                assert record.key is not None
+                prefs[record.key] = record.value
+        return cls(decisions, prefs, values)
+
+    def blocks_in_force(self, now_ms: int) -> dict[bytes, bytes]:
+        return {key: value for key, value in self.decisions.items() if value is not None and _in_force(value, now_ms)}
+
+    def views(self) -> dict[bytes, bytes]:
+        return {key: value for key, value in self.prefs.items() if value is not None}
+
+
+def _in_force(value: bytes, now_ms: int) -> bool:
+    decision = orjson.loads(value)
+    return bool(decision["action"] == "block" and (decision["until_ms"] is None or decision["until_ms"] > now_ms))
+
+
+def run_clean(service_class: type[GuardService], seed: int) -> Published:
+    inputs = _inputs(seed)
+    worker = Worker(service_class, {p: {} for p in range(PARTITIONS)}, {})
+    for partition, offset in _order(inputs, dict.fromkeys(range(PARTITIONS), 0), random.Random(seed)):
+        worker.handle(inputs, partition, offset)
+    worker.final_ticks(inputs)
+    return Published.of(worker.world.sent)
+
+
+@dataclass
+class Crash:
+    published: Published
+    window: int  # input messages handled but not committed at the kill
+    lost: int  # outputs of those that never got out
+
+
+def run_crash(service_class: type[GuardService], seed: int, kill_seed: int) -> Crash:
+    inputs = _inputs(seed)
+    rng = random.Random(kill_seed)
+    total = sum(len(messages) for messages in inputs.values())
+    kill_at = rng.randint(total // 10, total * 9 // 10)
+    first = Worker(service_class, {p: {} for p in range(PARTITIONS)}, {})
+    handled = dict.fromkeys(range(PARTITIONS), 0)
+    for count, (partition, offset) in enumerate(_order(inputs, handled, random.Random(seed))):
+        if count == kill_at:
+            break
+        first.handle(inputs, partition, offset)
+        handled[partition] = offset + 1
+    # the group committed somewhere behind what was handled (up to 40% of it: commits lag a busy worker)
+    committed = {p: rng.randint(handled[p] - handled[p] * 2 // 5, handled[p]) for p in range(PARTITIONS)}
+    sent = first.world.sent
+    cut = rng.choice([0, rng.randint(0, len(sent)), len(sent)])  # outputs after the cut were never flushed
+    survived = [s for index, s in enumerate(sent) if index < cut or s.origin[1] < committed[s.origin[0]]]
+
+    # restart: same table (the killed worker's RocksDB), input redelivered from the committed offsets
+    dbs = copy.deepcopy(first.service.table.dbs)  # type: ignore[attr-defined]
+    # Faust's record of committed offsets may or may not be filled in when the first messages arrive
+    second = Worker(service_class, dbs, committed if rng.random() < 0.5 else {})
+    for partition, offset in _order(inputs, committed, random.Random(kill_seed)):
+        second.handle(inputs, partition, offset)
+    second.final_ticks(inputs)
+    window = sum(handled[p] - committed[p] for p in range(PARTITIONS))
+    return Crash(Published.of(survived + second.world.sent), window, len(sent) - len(survived))
+
+
+def _short(value: bytes | None) -> str:
+    return "absent" if value is None else value[:160].decode(errors="replace")
+
+
+def compare(clean: Published, crashed: Published, now_ms: int) -> list[str]:
+    """What differs in what consumers see; empty when the crash left no trace."""
+    problems: list[str] = []
+    invented = crashed.decision_values - clean.decision_values
+    if invented:
+        problems.append(f"{len(invented)} decisions the uncrashed run never makes, e.g. {_short(min(invented))}")
+    clean_blocks, crashed_blocks = clean.blocks_in_force(now_ms), crashed.blocks_in_force(now_ms)
+    for key in sorted(clean_blocks.keys() | crashed_blocks.keys()):
+        if clean_blocks.get(key) != crashed_blocks.get(key):
+            problems.append(
+                f"block {key!r}: {_short(crashed_blocks.get(key))} instead of {_short(clean_blocks.get(key))}"
+            )
+    clean_views, crashed_views = clean.views(), crashed.views()
+    for key in sorted(clean_views.keys() | crashed_views.keys()):
+        if clean_views.get(key) != crashed_views.get(key):
+            problems.append(
+                f"prefs {key!r}: {_short(crashed_views.get(key))} instead of {_short(clean_views.get(key))}"
+            )
+    for key in sorted(clean.decisions.keys() | crashed.decisions.keys()):
+        want, got = clean.decisions.get(key), crashed.decisions.get(key)
+        if got != want and not (got is None and (want is None or not _in_force(want, now_ms))):
+            problems.append(f"latest of {key!r}: {_short(got)} instead of {_short(want)}")
+    return problems
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_a_crash_anywhere_leaves_what_the_uncrashed_worker_leaves(seed: int):
+    clean = run_clean(GuardService, seed)
+    kills = windows = lost = 0
+    for kill_seed in range(12):
+        crash = run_crash(GuardService, seed, 1000 * seed + kill_seed)
+        problems = compare(clean, crash.published, int(time.time() * 1000))
+        assert not problems, f"kill {kill_seed} (window {crash.window}, {crash.lost} outputs lost): {problems[:5]}"
+        kills += 1
+        windows += crash.window
+        lost += crash.lost
+    print(f"\n{kills} kills, {windows} input messages in crash windows, {lost} outputs lost, all repaired")
+    assert lost > 0, "the kills should lose outputs"
+
+
+# ---------------------------------------------------------------------- the crash window's holes, one by one
+#
+# One input partition, every message handled, then a kill with the group committed at offset C and every output
+# of the messages from C on lost; the restarted worker gets the same table and the input again from C.
+
+
+def _customers(count: int) -> list[str]:
+    """Customer ids that all land on input partition 0."""
+    names = (f"cust-{n}" for n in range(1000))
+    return [name for name in names if partition_for_key(name.encode(), PARTITIONS) == 0][:count]
+
+
+A, B, C, D = _customers(4)
+
+
+def _event(customer: str, event_id: str, ts: int, event_type: str, **fields: Any) -> tuple[bytes, bytes, None]:
+    body = {"type": event_type, "event_id": event_id, "customer_id": customer, "ts": ts, **fields}
+    return customer.encode(), orjson.dumps(body), None
+
+
+def _tick(wall_ms: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return b"\x00fatigue-tick", str(wall_ms).encode(), [(CONTROL_HEADER, TICK)]
+
+
+@dataclass
+class Restart:
+    first: list[Sent]  # what the killed worker got out: the outputs of the committed input
+    second: list[Sent]  # what the restarted worker sent
+    worker: Worker
+
+    def latest(self, topic: str, key: bytes) -> bytes | None:
+        for record in reversed(self.first + self.second):
+            if record.topic == topic and record.key == key:
+                return record.value
+        raise AssertionError(f"nothing on {topic} for {key!r}")
+
+    def decision(self, channel: str, customer: str) -> dict[str, Any] | None:
+        value = self.latest(SETTINGS.decisions_topic, f"{channel}:{customer}".encode())
+        return orjson.loads(value) if value is not None else None
+
+    def resent_decisions(self) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(s.value) for s in self.second if s.topic == SETTINGS.decisions_topic and s.value is not None
+        ]
+
+
+def _kill_and_restart(messages: Input, committed: int, faust_knows: bool = True) -> Restart:
+    """``faust_knows``: whether Faust's record of committed offsets is filled in before the first message."""
+    inputs: dict[int, Input] = {0: messages, 1: [], 2: []}
+    first = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    for offset in range(len(messages)):
+        first.handle(inputs, 0, offset)
+    survived = [s for s in first.world.sent if s.origin[1] < committed]
+    dbs = copy.deepcopy(first.service.table.dbs)  # type: ignore[attr-defined]
+    second = Worker(GuardService, dbs, {0: committed} if faust_knows else {})
+    for offset in range(committed, len(messages)):
+        second.handle(inputs, 0, offset)
+    return Restart(survived, second.world.sent, second)
+
+
+def test_a_preference_whose_redelivery_is_late_is_republished():
+    """
+    offset  0  A  preference timezone              committed
+    offset  1  A  preference quiet hours           <- C
+    offset  2  A  contact, 2 days later            (A's watermark passes the late grace: offset 1 comes back late)
+    """
+    restart = _kill_and_restart(
+        [
+            _event(A, "p1", at(0), "preference", timezone="Europe/Paris"),
+            _event(A, "p2", at(0, hours=1), "preference", quiet_hours={"start": "21:00", "end": "08:00"}),
+            _event(A, "c1", at(2), "contact", channel="sms"),
+        ],
+        committed=1,
+    )
+    view = orjson.loads(restart.latest(SETTINGS.prefs_topic, A.encode()) or b"null")
+    assert view["timezone"] == "Europe/Paris"
+    assert view["quiet_hours"] == {channel: {"start": "21:00", "end": "08:00"} for channel in ("email", "sms", "call")}
+
+
+def test_a_deadline_fired_for_a_quiet_customer_is_republished():
+    """
+    offset  0-4  A  five marketing emails, never opened     committed
+    offset  5    B  contact 3 days and 2 hours later        <- C: partition event time fires A's deadlines
+                                                             (five unread in a row: A's email blocked 30 days)
+    """
+    emails = [_event(A, f"e{n}", at(0, hours=n), "contact", channel="email") for n in range(5)]
+    restart = _kill_and_restart([*emails, _event(B, "b1", at(3, hours=6), "contact", channel="sms")], committed=5)
+    block = restart.decision("email", A)
+    assert block is not None and block["reason"] == "unread" and block["action"] == "block"
+    assert block in restart.resent_decisions()
+
+
+def test_a_tombstone_of_an_expired_block_is_republished():
+    """
+    offset  0  A  call: blocked for a day (call <= 1 per 1d)  committed
+    offset  1  tick, wall clock 2 days later                   <- C: the block has expired, tombstoned
+    """
+    restart = _kill_and_restart([_event(A, "c1", at(0), "contact", channel="call"), _tick(at(2))], committed=1)
+    assert restart.decision("call", A) is None
+    assert restart.latest(SETTINGS.decisions_topic, f"call:{A}".encode()) is None
+
+
+def test_an_allow_forgotten_inside_the_window_leaves_no_stale_block():
+    """
+    offset  0  A  unsubscribe email: blocked until lifted  committed
+    offset  1  A  preference email opt_out false: allow    <- C
+    offset  2  A  sms contact 3 days later                  (the allow is past the late grace: the state forgets it)
+
+    The allow is lost and cannot be re-sent; without a tombstone the opt-out block would stay on the topic (and in
+    Redis) for good.
+    """
+    restart = _kill_and_restart(
+        [
+            _event(A, "u1", at(0), "unsubscribe", channel="email"),
+            _event(A, "p1", at(0, hours=1), "preference", channel="email", opt_out=False),
+            _event(A, "s1", at(3), "contact", channel="sms"),
+        ],
+        committed=1,
+    )
+    assert restart.decision("email", A) is None
+
+
+def test_events_before_an_erasure_are_not_applied_again():
+    """
+    offset  0  B  contact                                   committed
+    offset  1  A  call contact (blocked a day)              <- C
+    offset  2  A  erase: no opt-out kept, the state goes
+    offset  3  B  contact
+
+    Redelivered, offset 1 must not rebuild A from nothing (a block published after the erasure); the erasure's
+    marker says A's state already went past it. Once offset 2 is committed the marker goes too.
+    """
+    restart = _kill_and_restart(
+        [
+            _event(B, "b1", at(0), "contact", channel="sms"),
+            _event(A, "a1", at(0, hours=1), "contact", channel="call"),
+            _event(A, "a2", at(0, hours=2), "erase"),
+            _event(B, "b2", at(0, hours=3), "contact", channel="sms"),
+        ],
+        committed=1,
+    )
+    assert not [d for d in restart.resent_decisions() if d["customer_id"] == A]
+    assert restart.decision("call", A) is None and restart.latest(SETTINGS.prefs_topic, A.encode()) is None
+    dead = [orjson.loads(s.value or b"") for s in restart.second if s.topic == SETTINGS.dlq_topic]
+    assert {d["event_id"] for d in dead} >= {"a1", "a2", "b2"}  # all three seen again, as duplicates
+    service = restart.worker.service
+    assert service.table.get(A.encode()) is not None  # the marker, until its offset is committed
+    service.app.consumer._committed_offset[TP(EVENTS, 0)] = 4  # type: ignore[attr-defined]
+    restart.worker.deliver(0, 4, *_event(C, "c1", at(1), "contact", channel="sms"))
+    assert service.table.get(A.encode()) is None
+
+
+def test_a_restart_after_everything_was_committed_repairs_nothing():
+    messages = [_event(A, "c1", at(0), "contact", channel="call"), _event(D, "p1", at(1), "preference", timezone="UTC")]
+    restart = _kill_and_restart(messages, committed=len(messages))
+    restart.worker.deliver(0, 2, *_event(C, "c2", at(2), "contact", channel="sms"))  # the partition is indexed
+    assert restart.worker.world.sent == []
+    assert restart.worker.service.metrics.registry.get_sample_value("fatigue_redelivery_repairs_total") == 0
+
+
+def test_the_first_offset_after_the_restart_marks_the_window_when_faust_has_not_caught_up():
+    """Faust fills in its record of committed offsets only after asking the broker for every partition, while the
+    first messages already flow: the first offset delivered is where the group resumed.
+
+    offset  0  B  contact   committed
+    offset  1  A  contact   <- C: only A is repaired
+    """
+    messages = [_event(B, "b1", at(0), "contact", channel="sms"), _event(A, "a1", at(1), "contact", channel="sms")]
+    restart = _kill_and_restart(messages, committed=1, faust_knows=False)
+    assert {s.key for s in restart.second if s.topic == SETTINGS.prefs_topic} == {A.encode()}
+    assert restart.worker.service.metrics.registry.get_sample_value("fatigue_redelivery_repairs_total") == 4
+
+
+def test_faust_still_records_committed_offsets_where_the_worker_reads_them():
+    """Erasure markers go once Faust's private record of committed offsets passes them (see
+    GuardService._committed): an upgrade that drops it must fail here, not keep them until the next restart."""
+    from faust.transport.consumer import Consumer
+
+    assert "_committed_offset" in Consumer.__annotations__
