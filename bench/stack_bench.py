@@ -108,6 +108,7 @@ class Latency:
     sent: int
     decisions: int
     samples: list[float]  # seconds, one per decision caused by a measured (post warm-up) event
+    points: list[tuple[float, float]]  # (send time since the producer started, latency) of the same decisions
     max_behind_ms: float
     backlog_at_end: int  # input offsets not yet committed when the producer stopped
 
@@ -485,8 +486,8 @@ def run_latency(
     report: dict[str, Any] = orjson.loads(report_path.read_bytes())
     send_times: dict[str, float] = report["send_times"]
     measured_from = report["started"] + warmup_s
-    samples = [
-        visible - send_times[cause]
+    points = [
+        (send_times[cause] - report["started"], visible - send_times[cause])
         for cause, visible in seen
         if cause in send_times and send_times[cause] >= measured_from
     ]
@@ -494,7 +495,8 @@ def run_latency(
         offered_rate=report["sent"] / (report["finished"] - report["started"]),
         sent=report["sent"],
         decisions=len(seen),
-        samples=samples,
+        samples=[latency for _, latency in points],
+        points=points,
         max_behind_ms=report["max_behind_ms"],
         backlog_at_end=backlog_at_end,
     )
@@ -514,7 +516,7 @@ def run_profile(run: StackRun, broker: Broker, total: int, budget_s: float, out_
         return ["py-spy not found: .venv/bin/pip install py-spy (a bench-only tool, not a project dependency)"]
     port = _stack.free_port()
     process = run.start(run.worker_args(port, ["--quiet-after", "1e9"]), "worker.log")
-    raw_path = out_dir / "worker-profile.txt"
+    raw_path = out_dir / f"{run.name}-worker-profile.txt"
     spy: list[subprocess.Popen[bytes]] = []
 
     def attach() -> None:
@@ -667,7 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6, help="input partitions (the worker's default)")
     parser.add_argument("--rate", type=float, default=5_000, help="offered events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, help="measured seconds of the latency run (default 30)")
-    parser.add_argument("--warmup-seconds", type=float, help="unmeasured seconds before it (default 5)")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        # a fresh worker's first seconds of traffic (first commits, first RocksDB writes) take 100-250 ms
+        help="unmeasured seconds of traffic before it (default 15)",
+    )
     parser.add_argument(
         "--reference-rate",
         type=float,
@@ -698,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     events = args.events or (50_000 if args.quick else 200_000)
     customers = args.customers or max(events // 10, 1)
     latency_s = args.latency_seconds or (10.0 if args.quick else 30.0)
-    warmup_s = args.warmup_seconds or (3.0 if args.quick else 5.0)
+    warmup_s = args.warmup_seconds or (5.0 if args.quick else 15.0)
     baseline_budget = args.baseline_budget or (45.0 if args.quick else 90.0)
 
     ensure_stack(args.bootstrap)
@@ -810,8 +817,9 @@ def main(argv: list[str] | None = None) -> int:
             prof.events_topic = main_run.events_topic  # the same input, under its own group and outputs
             prof.worker_env = worker_env
             runs.append(prof)
-            # a minute of samples is plenty, and the whole input would double the run
-            results.profile = run_profile(prof, broker, events, min(args.budget, 60.0), workdir)
+            # a minute of samples is plenty, and the whole input would double the run; the stacks go to CACHE,
+            # not the run's directory, so they outlive the cleanup (for flame graphs)
+            results.profile = run_profile(prof, broker, events, min(args.budget, 60.0), CACHE)
             print("\n".join(f"    {line}" for line in results.profile))
     finally:
         broker.close()
