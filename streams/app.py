@@ -24,13 +24,16 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import orjson
 import redis.asyncio as aioredis
-from faust.types import TP
+from faust.streams import _current_event
+from faust.types import TP, EventT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fatigue.clock import PartitionClock, partition_for_key
@@ -59,6 +62,15 @@ _OFFSET_BYTES = 8
 _PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
 # how often lag, state size and active blocks are refreshed (a scrape every 15s sees fresh values)
 _GAUGE_INTERVAL_S = 5.0
+
+
+@dataclass(slots=True)
+class _Cached:
+    """A customer's state while a batch is handled: decoded once, written back once if it changed."""
+
+    offset: int
+    state: CustomerState
+    written_by: EventT[bytes] | None = None  # the last message that changed it (None: unchanged)
 
 
 class GuardService:
@@ -97,10 +109,40 @@ class GuardService:
         self.active_blocks = ActiveBlocks()
         self.customers: dict[int, int] = {}  # stored states per indexed partition, for fatigue_state_customers
         self.erasures: dict[int, list[tuple[int, bytes]]] = {}  # (offset, key) of erasure markers, per partition
+        self.batch: dict[bytes, _Cached] | None = None  # states of the batch being handled, by key
+        # labelled metric children by label values: prometheus_client's labels() costs more than the engine's
+        # handling of a plain contact, and the label sets are few
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     # ------------------------------------------------------------------ input agent
 
-    def handle(self, event: faust.types.EventT[bytes]) -> None:
+    def handle_batch(self, events: Sequence[EventT[bytes]]) -> None:
+        """Handle a batch of input messages in order; each changed state is written once, at the end.
+
+        Writing a customer once per batch instead of once per message is what keeps a hot key affordable (its
+        state is decoded, encoded and sent to the changelog once per batch) and most of the worker's time off
+        Faust's table path. Nothing is acknowledged before the batch is handled and written, and outputs are only
+        enqueued meanwhile: a crash mid-batch redelivers the whole batch onto states written before it.
+        """
+        self.batch = {}
+        try:
+            for event in events:
+                # Faust's table and store find the partition of a write from the current event, which its batching
+                # (take) does not set for the agent (faust #497): set it, as its own per-message iteration does.
+                _current_event.set(weakref.ref(event))
+                self.handle(event)
+        finally:
+            batch, self.batch = self.batch, None
+            self._write_back(batch)
+
+    def _write_back(self, batch: dict[bytes, _Cached]) -> None:
+        for key, cached in batch.items():
+            if cached.written_by is None:
+                continue
+            _current_event.set(weakref.ref(cached.written_by))  # a message of the customer's own partition
+            self.metrics.state_bytes.observe(self._write(key, cached.state, cached.offset))
+
+    def handle(self, event: EventT[bytes]) -> None:
         message = event.message
         partition = message.partition
         last = self.last_offset.get(partition)
@@ -150,6 +192,10 @@ class GuardService:
             self._dead_letter(
                 message, Rejection("duplicate", "already applied before a restart", parsed.event_id, parsed.customer_id)
             )
+            if self.batch is not None:
+                # the core changed the state object in place: read the stored one again next time (it cannot have
+                # been changed earlier in this batch, whose messages all come after what is stored)
+                self.batch.pop(key, None)
             return
         self.active_blocks.change(partition, blocks_before, block_untils(step.state))
         if (state is None) != (step.state is None) and partition in self.customers:
@@ -163,13 +209,13 @@ class GuardService:
             self._dead_letter(message, step.rejection)
             return
         assert step.state is not None
-        self.metrics.events.labels(type=parsed.type, channel=parsed.channel or "all", category=parsed.category).inc()
+        self._child(self.metrics.events, parsed.type, parsed.channel or "all", parsed.category).inc()
         self._commit(key, step, partition, message.offset)
         if parsed.type in _PREFERENCE_TYPES:
             self.prefs.send_soon(key=key, value=orjson.dumps(preferences_view(step.state)))
         clock = self._clock(partition)
         clock.observe(step.state)
-        self.metrics.partition_event_time.labels(partition=str(partition)).set((clock.time_ms or 0) / 1000)
+        self._child(self.metrics.partition_event_time, str(partition)).set((clock.time_ms or 0) / 1000)
         self._fire_due(partition, clock.fire_before_ms, "event_time", message.offset)
 
     def _erase(self, key: bytes, step: Step, partition: int, offset: int) -> None:
@@ -183,6 +229,7 @@ class GuardService:
             if channel not in kept:
                 self.decisions.send_soon(key=f"{channel}:{customer}".encode(), value=None)
         self.prefs.send_soon(key=key, value=None)
+        self._settle(key)  # the erasure works on the table directly
         if step.state is None:
             if key in self.table:
                 # Not deleted yet: a crash before this offset is committed redelivers the customer's earlier
@@ -201,6 +248,8 @@ class GuardService:
             return
         while pending and pending[0][0] < committed:
             offset, key = pending.pop(0)
+            if self.batch is not None and key in self.batch:
+                continue  # the customer came back in this batch: its new state replaces the marker when written
             if self.table.get(key) == offset.to_bytes(_OFFSET_BYTES, "big", signed=True):  # not since replaced
                 del self.table[key]
         if not pending:
@@ -213,23 +262,54 @@ class GuardService:
 
     def _load(self, key: bytes) -> tuple[int, CustomerState | None]:
         """The stored state and the input offset of the last event that changed it (-1 when none)."""
+        batch = self.batch
+        if batch is not None:
+            cached = batch.get(key)
+            if cached is not None:
+                return cached.offset, cached.state
         stored = self.table.get(key)
         if stored is None:
             return -1, None
         offset = int.from_bytes(stored[:_OFFSET_BYTES], "big", signed=True)
         if len(stored) == _OFFSET_BYTES:
             return offset, None  # an erasure's marker
-        return offset, CustomerState.from_bytes(stored[_OFFSET_BYTES:])
+        state = CustomerState.from_bytes(stored[_OFFSET_BYTES:])
+        if batch is not None:
+            batch[key] = _Cached(offset, state)
+        return offset, state
 
-    def _store(self, key: bytes, state: CustomerState, offset: int) -> int:
+    def _store(self, key: bytes, state: CustomerState, offset: int) -> None:
+        """Store a changed state: at the end of the batch being handled, or now when there is none."""
+        batch = self.batch
+        if batch is None:
+            self.metrics.state_bytes.observe(self._write(key, state, offset))
+            return
+        writer = _current_event.get(None)
+        cached = batch.get(key)
+        if cached is None:
+            batch[key] = _Cached(offset, state, writer() if writer is not None else None)
+        else:
+            cached.offset, cached.state = offset, state
+            cached.written_by = writer() if writer is not None else None
+
+    def _write(self, key: bytes, state: CustomerState, offset: int) -> int:
         encoded = state.to_bytes()
         self.table[key] = offset.to_bytes(_OFFSET_BYTES, "big", signed=True) + encoded
         return len(encoded)
 
+    def _settle(self, key: bytes) -> None:
+        """Write ``key``'s pending state now and stop caching it, before the table is used directly for it."""
+        batch = self.batch
+        if batch is None or key not in batch:
+            return
+        cached = batch.pop(key)
+        if cached.written_by is not None:
+            self.metrics.state_bytes.observe(self._write(key, cached.state, cached.offset))
+
     def _commit(self, key: bytes, step: Step, partition: int, offset: int) -> None:
         """Store the new state, then route its effects (all enqueued in order)."""
         assert step.state is not None
-        self.metrics.state_bytes.observe(self._store(key, step.state, offset))
+        self._store(key, step.state, offset)
         now = time.time()
         for decision in step.decisions:
             self._send_decision(decision, partition)
@@ -246,13 +326,19 @@ class GuardService:
         self.decisions.send_soon(
             key=_decision_key(decision["channel"], decision["customer_id"]), value=orjson.dumps(decision)
         )
-        self.metrics.decisions.labels(
-            action=decision["action"], reason=decision["reason"], channel=decision["channel"]
-        ).inc()
+        self._child(self.metrics.decisions, decision["action"], decision["reason"], decision["channel"]).inc()
         until = decision["until_ms"]
         if decision["action"] == "block" and until is not None:
             channel = CHANNELS.index(decision["channel"])
             heapq.heappush(self.expiries.setdefault(partition, []), (until, decision["customer_id"], channel))
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once per label set (values in the metric's label order)."""
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _dead_letter(self, message: Any, rejection: Rejection) -> None:
         headers = [
@@ -265,7 +351,7 @@ class GuardService:
         if rejection.event_id is not None:
             headers.append(("fatigue-event-id", rejection.event_id.encode()))
         self.dlq.send_soon(key=message.key, value=message.value if message.value is not None else b"", headers=headers)
-        self.metrics.rejected.labels(reason=rejection.reason.split(":", 1)[0]).inc()
+        self._child(self.metrics.rejected, rejection.reason.split(":", 1)[0]).inc()
 
     # ------------------------------------------------------------------ clocks, deadlines and expiry
 
@@ -409,7 +495,7 @@ class GuardService:
             self.active_blocks.change(partition, blocks_before, block_untils(step.state))
             self._commit(key, step, partition, offset)
             clock.schedule(state)
-            self.metrics.deadlines_fired.labels(clock=clock_name).inc()
+            self._child(self.metrics.deadlines_fired, clock_name).inc()
 
     def _on_tick(self, partition: int, wall_ms: int, offset: int) -> None:
         """Wall clock on a quiet partition (``offset``: the tick's own): fire due deadlines, tombstone expired
@@ -621,8 +707,9 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     # concurrency 1: Faust can commit past an in-flight message with more, and table writes need it
     @app.agent(service.events, concurrency=1, name="guard")
     async def guard_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            service.handle(event)
+        stream_of_bytes = cast(faust.Stream[bytes], stream)
+        async for batch in stream_of_bytes.take_events(settings.input_batch, within=settings.input_batch_wait_s):
+            service.handle_batch(batch)
 
     def materialise(name: str, view: RedisView, topic: faust.TopicT) -> None:
         """An agent that writes one compacted topic into Redis, a batch at a time (acked after the write)."""

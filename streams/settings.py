@@ -37,6 +37,10 @@ class Settings:
     wall_settle_ms: int = 60_000
     tick_interval_s: float = 1.0
     redis_batch: int = 500
+    # The guard agent handles its input in batches of up to this many messages, or what arrived within the wait:
+    # each customer's state is read and decoded once per batch and written (table + changelog) once per batch.
+    input_batch: int = 500
+    input_batch_wait_s: float = 0.02
     rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
     # violations are labelled by sender in /metrics: this many distinct senders, the rest as "other"
     sender_label_limit: int = 50
@@ -66,6 +70,8 @@ _ENV = {
     "quiet_after_s": "FATIGUE_QUIET_AFTER",
     "wall_settle_ms": "FATIGUE_WALL_SETTLE",
     "log_level": "FATIGUE_LOG_LEVEL",
+    "input_batch": "FATIGUE_INPUT_BATCH",
+    "input_batch_wait_s": "FATIGUE_INPUT_BATCH_WAIT",
     "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
@@ -105,4 +111,6 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
     settings = replace(Settings(), **values)  # type: ignore[arg-type]
     if settings.partitions < 1:
         raise SystemExit("fatigue worker: --partitions must be >= 1")
+    if settings.input_batch < 1 or settings.input_batch_wait_s <= 0:
+        raise SystemExit("fatigue worker: --input-batch must be >= 1 and --input-batch-wait > 0 (seconds)")
     return settings
