@@ -112,7 +112,7 @@ class GuardService:
         self.batch: dict[bytes, _Cached] | None = None  # states of the batch being handled, by key
         # labelled metric children by label values: prometheus_client's labels() costs more than the engine's
         # handling of a plain contact, and the label sets are few
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[Any, ...], Any] = {}
 
     # ------------------------------------------------------------------ input agent
 
@@ -335,9 +335,9 @@ class GuardService:
     def _child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once per label set (values in the metric's label order)."""
         key = (id(metric), *values)
-        child = self._children.get(key)
+        child = self._series.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*values)
+            child = self._series[key] = metric.labels(*values)
         return child
 
     def _dead_letter(self, message: Any, rejection: Rejection) -> None:
