@@ -393,11 +393,23 @@ def run_baseline(
     except RuntimeError:
         print(run.log_tail("baseline.log"), file=sys.stderr)
         raise
-    run.stop(process)
     if not measured.complete:
         # a time-boxed reference: its log says whether it was merely slow or stuck (the run directory goes)
-        print(f"    log tail of {run.name}:", *run.log_tail("baseline.log", 15).splitlines(), sep="\n      ")
+        print(
+            f"    {run.name}, log before the stop:", *_log_summary(run.log_tail("baseline.log", 2000)), sep="\n      "
+        )
+    run.stop(process)
     return measured
+
+
+def _log_summary(text: str, last: int = 8) -> list[str]:
+    """Warnings and errors counted by message (timestamps and pids dropped), then the last lines."""
+    messages: Counter[str] = Counter()
+    for line in text.splitlines():
+        if "[WARNING]" in line or "[ERROR]" in line:
+            messages[line.split("] ", 2)[-1][:150]] += 1
+    counted = [f"{count:6d} x {message}" for message, count in messages.most_common(8)]
+    return [*counted, "...", *text.splitlines()[-last:]]
 
 
 def _wait_assigned(port: int, events_topic: str, partitions: int, process: subprocess.Popen[bytes]) -> None:
