@@ -340,6 +340,16 @@ def run_ours(
         f"decisions on the topic {decisions:,} (replay: {expected.decisions:,}); dead letters {dead:,} "
         f"(replay rejections: {expected.rejections:,}); re-routed inputs {rerouted:g} (murmur2 keys: 0 expected)"
     )
+    # what the worker had to produce per input event, and what its RocksDB held (memtables count in its RSS)
+    changelog = broker.end(f"{run.name}-{STATE_TABLE}-changelog")
+    outputs = {"changelog": changelog} | {kind: broker.end(topics[kind]) for kind in ("decisions", "violations")}
+    outputs |= {"dead letters": dead, "preferences": broker.end(topics["prefs"])}
+    produced = ", ".join(f"{kind} {count:,}" for kind, count in outputs.items())
+    store = _stack.metric_sum(metrics, "fatigue_state_store_bytes") or 0
+    results.checks.append(
+        f"records produced: {sum(outputs.values()) / total:.2f} per input event ({produced}); "
+        f"RocksDB SST files + memtables at the end (fatigue_state_store_bytes): {store / 2**20:,.0f} MiB"
+    )
     return measured
 
 
@@ -349,8 +359,11 @@ def state_bytes(broker: Broker, run: StackRun) -> list[int]:
     if changelog not in broker.admin.list_topics():
         raise RuntimeError(f"no changelog topic {changelog}")
     latest: dict[bytes | None, bytes | None] = {}
+    written = 0
     for key, value in broker.read_all(changelog):
         latest[key] = value
+        written += len(value or b"")
+    print(f"    state changelog: {written / 2**20:,.1f} MiB of values written")
     return [len(value) for value in latest.values() if value is not None]
 
 
@@ -809,7 +822,11 @@ def main(argv: list[str] | None = None) -> int:
         # event times up to 60 days old: the broker's time retention (7 days) would delete them
         _stack.create_topic(args.bootstrap, main_run.events_topic, args.partitions, {"retention.ms": "-1"})
         elapsed = _loadgen.produce_backlog(args.bootstrap, main_run.events_topic, messages)
-        print(f"    produced to {main_run.events_topic} in {elapsed:.1f} s ({len(messages) / elapsed:,.0f} msg/s)")
+        size = sum(len(message.value) for message in messages) / 2**20
+        print(
+            f"    produced {size:,.1f} MiB to {main_run.events_topic} in {elapsed:.1f} s "
+            f"({len(messages) / elapsed:,.0f} msg/s)"
+        )
         del messages
 
         # Latency first, on fresh topics while the broker holds nothing else of this run; the baseline before
