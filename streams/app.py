@@ -104,7 +104,11 @@ class GuardService:
             key_type=bytes,
             value_type=bytes,
             partitions=settings.partitions,
-            options={"block_cache_size": settings.rocksdb_block_cache_bytes},
+            options={
+                "block_cache_size": settings.rocksdb_block_cache_bytes,
+                "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+                "max_write_buffer_number": 2,
+            },
         )
         self.clocks: dict[int, PartitionClock] = {}
         self.expiries: dict[int, list[tuple[int, str, int]]] = {}
