@@ -174,12 +174,13 @@ def test_decisions_change_whenever_emitted_and_state_round_trips(history):
 
 
 def test_hot_customer_state_stays_bounded():
-    """A customer hammered on every channel with 1M events (a contact every 20 s for 8 months, hang-ups, opens)
-    keeps a bounded state: it stops growing once the caps on kept contacts, ids and signals are reached."""
+    """A customer hammered on every channel with 300k events (a contact every 20 s for 10 weeks, hang-ups, opens)
+    keeps a bounded state: it stops growing once the caps on kept contacts, ids and signals are reached (within a
+    few thousand events; 1M events behaves the same and costs CI another half minute)."""
     guard = Guard(policy_named("default"))
     state: CustomerState | None = None
     sizes = []
-    for index in range(1_000_000):
+    for index in range(300_000):
         ts = T0 + index * 20_000
         kind = index % 10
         if kind == 7:
@@ -192,7 +193,7 @@ def test_hot_customer_state_stays_bounded():
         event = parse_event(raw)
         assert not isinstance(event, Rejection)
         state = guard.process(state, event).state
-        if index % 100_000 == 99_999:
+        if index % 50_000 == 49_999:
             assert state is not None
             sizes.append(len(state.to_bytes()))
     assert state is not None
