@@ -10,10 +10,12 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 - Input is handled in batches; the outputs of a batch go straight to the producer in processing order and are
   delivered before the batch is acknowledged (so before its offsets can be committed): at-least-once, with
   idempotent effects (the core drops redelivered event ids).
-- The state is written at once, its outputs only flushed at the next commit: after a crash the state of a customer
-  changed at or after the committed offset can be ahead of the topics. Indexing a partition finds those customers
-  (every state write carries the offset of the input being handled) and re-sends what their state says the topics
-  hold: the latest decision or a tombstone per channel, the preferences view or a tombstone.
+- A batch's changed states are stored only after its outputs were delivered, so after a crash a stored state is
+  never ahead of the topics and the redelivered input sends again what the crash cut off. Where a state is stored
+  first anyway (a delivery that failed or was cancelled, an erasure), indexing a partition finds the customers
+  changed at or after the committed offset (every state write carries the offset of the input being handled) and
+  re-sends what their state says the topics hold: the latest decision or a tombstone per channel, the preferences
+  view or a tombstone.
 - Unread deadlines of quiet customers fire by partition event time (:class:`fatigue.clock.PartitionClock`); when
   a partition goes quiet, a tick message routed through the same partition lets wall clock take over, and the
   same tick tombstones expired blocks, all inside the agent so they are ordered with the partition's decisions.
@@ -56,7 +58,8 @@ REROUTED_HEADER = "fatigue-rerouted-from"
 _FAUST_INTERNAL_PREFIX = b"__faust"
 # Table values are the offset of the input message being handled when the state last changed (the customer's own
 # event, or another message whose partition clock or tick fired its deadline or expired its block) followed by the
-# core's own state bytes. A state whose offset is at or after the committed offset may be ahead of the outputs.
+# core's own state bytes. A state whose offset is at or after the committed offset may be ahead of the outputs
+# (see the module docstring for when).
 # A value of the offset alone marks a customer erased at that offset, kept only until that offset is committed.
 _OFFSET_BYTES = 8
 # the event types that change what preferences_view publishes (time zone, quiet hours, caps, opt-outs)
@@ -119,6 +122,7 @@ class GuardService:
         self.customers: dict[int, int] = {}  # stored states per indexed partition, for fatigue_state_customers
         self.erasures: dict[int, list[tuple[int, bytes]]] = {}  # (offset, key) of erasure markers, per partition
         self.batch: dict[bytes, _Cached] | None = None  # states of the batch being handled, by key
+        self.pending: dict[bytes, _Cached] | None = None  # states of the batch handled, until written back
         self.outbox: list[_Output] | None = None  # outputs of the batch being handled, in order
         # labelled metric children by label values: prometheus_client's labels() costs more than the engine's
         # handling of a plain contact, and the label sets are few
@@ -127,12 +131,14 @@ class GuardService:
     # ------------------------------------------------------------------ input agent
 
     def handle_batch(self, events: Sequence[EventT[bytes]]) -> None:
-        """Handle a batch of input messages in order; each changed state is written once, at the end.
+        """Handle a batch of input messages in order; the changed states stay pending until :meth:`write_back`.
 
         Writing a customer once per batch instead of once per message is what keeps a hot key affordable (its
         state is decoded, encoded and sent to the changelog once per batch) and most of the worker's time off
-        Faust's table path. Nothing is acknowledged before the batch is handled and written, and outputs are only
-        enqueued meanwhile: a crash mid-batch redelivers the whole batch onto states written before it.
+        Faust's table path. Outputs are only enqueued meanwhile (:meth:`take_outputs`), and the caller writes the
+        states back after it has delivered them: a state that includes an event is never stored before what the
+        event caused is on the topics, so a crash at any point loses no output (a redelivered batch is handled
+        again from the states stored before it and sends the same records again).
         """
         self.batch = {}
         self.outbox = []
@@ -143,8 +149,27 @@ class GuardService:
                 _current_event.set(weakref.ref(event))
                 self.handle(event)
         finally:
-            batch, self.batch = self.batch, None
-            self._write_back(batch)
+            self.pending, self.batch = self.batch, None
+
+    def write_back(self) -> None:
+        """Store the states the batch just handled changed (after its outputs were delivered)."""
+        pending, self.pending = self.pending, None
+        if pending:
+            self._write_back(pending)
+
+    async def run_batch(self, events: Sequence[EventT[bytes]]) -> None:
+        """One input batch as the agent runs it: handle it, deliver its outputs, then store the changed states."""
+        try:
+            self.handle_batch(events)
+        finally:
+            outputs = self.take_outputs()
+            try:
+                await self.publish(outputs)
+            finally:
+                # After delivery, so a stored state never runs ahead of the topics. When delivery failed or was
+                # cancelled (rebalance, shutdown) the states are still written: this process has handled those
+                # offsets and would skip them again, and indexing re-sends what each changed state says.
+                self.write_back()
 
     def take_outputs(self) -> list[_Output]:
         """The outputs of the batch just handled (to :meth:`publish`), and stop collecting."""
@@ -480,8 +505,9 @@ class GuardService:
     def _repair(self, partition: int, resume: int, states: list[CustomerState], erased: list[bytes]) -> None:
         """Re-send what the topics should hold for customers whose state changed at or after the committed offset.
 
-        Their state was stored, but the outputs of that change were only enqueued, and a crash (SIGKILL, OOM,
-        power) before the next commit loses them; the input is redelivered from ``resume``, where the core sees
+        Their state may have been stored before the outputs of that change were delivered (a batch whose delivery
+        failed or was cancelled, an erasure, a repair's own records), and a crash (SIGKILL, OOM, power) before the
+        next commit loses those outputs; the input is redelivered from ``resume``, where the core sees
         the customer's events as duplicates (or late) and publishes nothing, and a deadline or expiry fired then
         does not fire again. What the state remembers is what the compacted topics must end with, so each such
         customer gets, in order before the redelivered input: per channel its latest decision (a block, or an
@@ -770,11 +796,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     async def guard_agent(stream: faust.StreamT[bytes]) -> None:
         stream_of_bytes = cast(faust.Stream[bytes], stream)
         async for batch in stream_of_bytes.take_events(settings.input_batch, within=settings.input_batch_wait_s):
-            try:
-                service.handle_batch(batch)
-            finally:
-                outputs = service.take_outputs()
-            await service.publish(outputs)  # before take_events acknowledges the batch
+            await service.run_batch(batch)  # before take_events acknowledges it
 
     def materialise(name: str, view: RedisView, topic: faust.TopicT) -> None:
         """An agent that writes one compacted topic into Redis, a batch at a time (acked after the write)."""

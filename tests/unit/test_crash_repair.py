@@ -23,6 +23,8 @@ What must hold after the restart, for every kill point::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import random
 import time
@@ -70,6 +72,9 @@ class FakeTopic:
         self.name = name
         self.world = world
 
+    def get_topic_name(self) -> str:
+        return self.name
+
     def send_soon(
         self,
         key: bytes | None = None,
@@ -115,11 +120,40 @@ class FakeConsumer:
         return {TP(EVENTS, p) for p in range(PARTITIONS)}
 
 
+class Killed(BaseException):
+    """SIGKILL: nothing after it runs (BaseException: the service's error handling does not catch it)."""
+
+
+class FakeProducer:
+    """The producer the worker delivers a batch's outputs with; ``kill_at``: the send that never happens, where
+    the disk (the table's dicts) is snapshotted and the process dies."""
+
+    def __init__(self, world: World, table: FakeTable) -> None:
+        self.world = world
+        self.table = table
+        self.kill_at: int | None = None
+        self.sends = 0
+        self.disk_at_kill: dict[int, dict[bytes, bytes]] | None = None
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, timestamp: Any, headers: Any
+    ) -> asyncio.Future[None]:
+        if self.sends == self.kill_at:
+            self.disk_at_kill = copy.deepcopy(self.table.dbs)
+            raise Killed
+        self.sends += 1
+        self.world.sent.append(Sent(topic, key, value, self.world.current))
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
 class FakeApp:
     def __init__(self, world: World, table: FakeTable, committed: dict[int, int]) -> None:
         self.world = world
         self.table = table
         self.consumer = FakeConsumer(committed)
+        self.producer = FakeProducer(world, table)
 
     def topic(self, name: str, **kwargs: Any) -> FakeTopic:
         return FakeTopic(name, self.world)
@@ -332,6 +366,86 @@ def test_a_crash_anywhere_leaves_what_the_uncrashed_worker_leaves(seed: int):
         lost += crash.lost
     print(f"\n{kills} kills, {windows} input messages in crash windows, {lost} outputs lost, all repaired")
     assert lost > 0, "the kills should lose outputs"
+
+
+def _batches(order: Iterator[tuple[int, int]], rng: random.Random) -> Iterator[list[tuple[int, int]]]:
+    """The consumer's order cut into batches of random sizes, as ``take_events`` hands them to the agent."""
+    batch: list[tuple[int, int]] = []
+    for position in order:
+        batch.append(position)
+        if len(batch) >= rng.randint(1, 60):
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _run_batches(worker: Worker, inputs: dict[int, Input], batches: Iterator[list[tuple[int, int]]]) -> list[int]:
+    """Run batches through the service as its agent does; returns the input positions completed per batch."""
+    done: list[int] = []
+
+    async def run() -> None:
+        for batch in batches:
+            events = [
+                FakeEvent(FakeMessage(EVENTS, partition, offset, *inputs[partition][offset]))
+                for partition, offset in batch
+            ]
+            await worker.service.run_batch(events)  # type: ignore[arg-type]
+            done.append(len(batch))
+
+    with contextlib.suppress(Killed):
+        asyncio.run(run())
+    return done
+
+
+def _values(records: list[Sent], topic: str) -> set[bytes]:
+    return {record.value for record in records if record.topic == topic and record.value is not None}
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_a_kill_anywhere_in_a_batch_loses_no_output_at_all(seed: int):
+    """The agent's order (handle a batch, deliver its outputs, then store its states) keeps every state behind
+    what is on the topics: after a kill at any send, the redelivered input re-sends whatever the kill cut off, so
+    not only the latest decisions survive but every decision and every violation the uncrashed worker publishes."""
+    inputs = _inputs(seed)
+    clean = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    _run_batches(
+        clean,
+        inputs,
+        _batches(_order(inputs, dict.fromkeys(range(PARTITIONS), 0), random.Random(seed)), random.Random(seed)),
+    )
+    clean.final_ticks(inputs)
+    clean_sent = clean.world.sent
+    total_sends = clean.service.app.producer.sends  # type: ignore[attr-defined]
+    kills = redelivered = 0
+    for kill_seed in range(10):
+        inputs = _inputs(seed)
+        rng = random.Random(1000 * seed + kill_seed)
+        first = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+        producer = first.service.app.producer  # type: ignore[attr-defined]
+        producer.kill_at = rng.randint(1, total_sends - 1)
+        order = list(_order(inputs, dict.fromkeys(range(PARTITIONS), 0), random.Random(seed)))
+        done = _run_batches(first, inputs, _batches(iter(order), random.Random(seed)))
+        assert producer.disk_at_kill is not None, "the kill happened"
+        # Faust commits acknowledged input, i.e. completed batches, and may lag behind them
+        completed = dict.fromkeys(range(PARTITIONS), 0)
+        for partition, offset in order[: sum(done)]:
+            completed[partition] = offset + 1
+        committed = {p: rng.randint(completed[p] // 2, completed[p]) for p in range(PARTITIONS)}
+        second = Worker(GuardService, producer.disk_at_kill, committed if rng.random() < 0.5 else {})
+        _run_batches(second, inputs, _batches(_order(inputs, committed, rng), rng))
+        second.final_ticks(inputs)
+        survived = first.world.sent + second.world.sent
+        problems = compare(Published.of(clean_sent), Published.of(survived), int(time.time() * 1000))
+        assert not problems, f"kill {kill_seed} at send {producer.kill_at}: {problems[:5]}"
+        for topic in (SETTINGS.decisions_topic, SETTINGS.violations_topic):
+            missing = _values(clean_sent, topic) - _values(survived, topic)
+            invented = _values(survived, topic) - _values(clean_sent, topic)
+            assert not missing, f"kill {kill_seed}: {len(missing)} lost on {topic}, e.g. {_short(min(missing))}"
+            assert not invented, f"kill {kill_seed}: {len(invented)} never made on {topic}: {_short(min(invented))}"
+        kills += 1
+        redelivered += sum(len(inputs[p]) for p in range(PARTITIONS)) - sum(committed.values())
+    print(f"\n{kills} kills mid-batch, {redelivered} input messages redelivered, every output of the clean run out")
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
