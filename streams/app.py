@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import time
 import weakref
@@ -164,12 +165,27 @@ class GuardService:
         finally:
             outputs = self.take_outputs()
             try:
-                await self.publish(outputs)
+                await self._deliver(outputs)
             finally:
-                # After delivery, so a stored state never runs ahead of the topics. When delivery failed or was
-                # cancelled (rebalance, shutdown) the states are still written: this process has handled those
-                # offsets and would skip them again, and indexing re-sends what each changed state says.
+                # After delivery, so a stored state never runs ahead of the topics. When delivery was cancelled
+                # (rebalance, shutdown) the states are still written: this process has handled those offsets and
+                # would skip them again, and indexing re-sends what each changed state says.
                 self.write_back()
+
+    async def _deliver(self, outputs: list[_Output]) -> None:
+        """Publish until Kafka has every output: the agent waits (and consumes nothing) while it cannot.
+
+        Going on without them would leave their states stored but their decisions unpublished until the next
+        rebalance; sending a batch's outputs again is harmless (compacted keys, violations carry their event id).
+        """
+        for attempt in itertools.count():
+            try:
+                await self.publish(outputs)
+                return
+            except Exception:
+                delay = min(self.settings.delivery_retry_max_s, 0.5 * 2**attempt)
+                log.warning("delivery attempt %d failed: retrying the batch's outputs in %.1f s", attempt + 1, delay)
+                await asyncio.sleep(delay)
 
     def take_outputs(self) -> list[_Output]:
         """The outputs of the batch just handled (to :meth:`publish`), and stop collecting."""
@@ -182,7 +198,7 @@ class GuardService:
         Straight to the producer rather than through Faust's ``send_soon`` buffer, which costs several times
         more per record. Waiting for delivery before the batch is acknowledged keeps at-least-once without
         relying on the flush Faust does before a commit; a record that cannot be delivered (after the
-        producer's own retries) fails the agent, so the batch is never committed and comes again.
+        producer's own retries) raises, and :meth:`_deliver` tries the whole batch again.
         """
         if not outputs:
             return
@@ -196,9 +212,7 @@ class GuardService:
             await asyncio.gather(*deliveries)
         except Exception as error:
             self.app.monitor.on_send_error(producer, error, started)  # faust_total_error_messages_sent_total
-            log.error(
-                "could not deliver %d outputs of a batch (%r): its input will be handled again", len(outputs), error
-            )
+            log.error("could not deliver %d outputs of a batch (%r)", len(outputs), error)
             raise
 
     def _emit(

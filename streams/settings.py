@@ -41,6 +41,9 @@ class Settings:
     # each customer's state is read and decoded once per batch and written (table + changelog) once per batch.
     input_batch: int = 500
     input_batch_wait_s: float = 0.02
+    # a batch whose outputs Kafka does not take (after the producer's own retries) is sent again, backing off up to
+    # this long between attempts; the agent consumes nothing meanwhile, and its states wait with it
+    delivery_retry_max_s: float = 30.0
     rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
     # RocksDB's memtable per partition database (Faust's default: 64 MiB, 3 of them, per partition): states are
     # small and written once per batch; 16 MiB x 2 took the worker's peak RSS from ~390 to ~230 MiB in

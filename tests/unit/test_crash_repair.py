@@ -29,11 +29,12 @@ import copy
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from faust.types import TP
 
 from fatigue.clock import partition_for_key
@@ -132,12 +133,16 @@ class FakeProducer:
         self.world = world
         self.table = table
         self.kill_at: int | None = None
+        self.failures = 0  # the next sends that fail (a broker away)
         self.sends = 0
         self.disk_at_kill: dict[int, dict[bytes, bytes]] | None = None
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, timestamp: Any, headers: Any
     ) -> asyncio.Future[None]:
+        if self.failures:
+            self.failures -= 1
+            raise KafkaTimeoutError("the broker is away")
         if self.sends == self.kill_at:
             self.disk_at_kill = copy.deepcopy(self.table.dbs)
             raise Killed
@@ -148,12 +153,21 @@ class FakeProducer:
         return delivered
 
 
+class FakeMonitor:
+    def __init__(self) -> None:
+        self.send_errors = 0
+
+    def on_send_error(self, producer: Any, error: BaseException, started: float) -> None:
+        self.send_errors += 1
+
+
 class FakeApp:
     def __init__(self, world: World, table: FakeTable, committed: dict[int, int]) -> None:
         self.world = world
         self.table = table
         self.consumer = FakeConsumer(committed)
         self.producer = FakeProducer(world, table)
+        self.monitor = FakeMonitor()
 
     def topic(self, name: str, **kwargs: Any) -> FakeTopic:
         return FakeTopic(name, self.world)
@@ -446,6 +460,31 @@ def test_a_kill_anywhere_in_a_batch_loses_no_output_at_all(seed: int):
         kills += 1
         redelivered += sum(len(inputs[p]) for p in range(PARTITIONS)) - sum(committed.values())
     print(f"\n{kills} kills mid-batch, {redelivered} input messages redelivered, every output of the clean run out")
+
+
+def test_outputs_kafka_does_not_take_are_sent_again_before_the_states_are_stored():
+    """A broker away: the batch's sends fail three times; the agent retries the whole batch's outputs (backing
+    off) and stores the states only once they are all delivered."""
+    inputs: dict[int, Input] = {0: [_event(A, "c1", at(0), "contact", channel="call")], 1: [], 2: []}
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    worker.service.settings = replace(SETTINGS, delivery_retry_max_s=0.01)
+    producer = worker.service.app.producer  # type: ignore[attr-defined]
+    producer.failures = 3
+    stored: list[bytes | None] = []
+    real_deliver = worker.service._deliver
+
+    async def deliver_and_look(outputs: Any) -> None:
+        await real_deliver(outputs)
+        stored.append(worker.service.table.get(A.encode()))  # right after delivery, before the write-back
+
+    worker.service._deliver = deliver_and_look  # type: ignore[method-assign]
+    _run_batches(worker, inputs, iter([[(0, 0)]]))
+    assert worker.service.app.monitor.send_errors == 3  # type: ignore[attr-defined]
+    assert stored == [None], "nothing stored before the outputs were out"
+    assert worker.service.table.get(A.encode()) is not None
+    block = orjson.loads(worker.world.sent[0].value or b"")
+    assert [s.topic for s in worker.world.sent] == [SETTINGS.decisions_topic]
+    assert block["action"] == "block" and block["channel"] == "call"
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
