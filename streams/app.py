@@ -12,7 +12,7 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
   idempotent effects (the core drops redelivered event ids).
 - A batch's changed states are stored only after its outputs were delivered, so after a crash a stored state is
   never ahead of the topics and the redelivered input sends again what the crash cut off. Where a state is stored
-  first anyway (a delivery that failed or was cancelled, an erasure), indexing a partition finds the customers
+  first anyway (a delivery cancelled by a rebalance or stop, an erasure), indexing a partition finds the customers
   changed at or after the committed offset (every state write carries the offset of the input being handled) and
   re-sends what their state says the topics hold: the latest decision or a tombstone per channel, the preferences
   view or a tombstone.
@@ -520,7 +520,7 @@ class GuardService:
         """Re-send what the topics should hold for customers whose state changed at or after the committed offset.
 
         Their state may have been stored before the outputs of that change were delivered (a batch whose delivery
-        failed or was cancelled, an erasure, a repair's own records), and a crash (SIGKILL, OOM, power) before the
+        was cancelled, an erasure, a repair's own records), and a crash (SIGKILL, OOM, power) before the
         next commit loses those outputs; the input is redelivered from ``resume``, where the core sees
         the customer's events as duplicates (or late) and publishes nothing, and a deadline or expiry fired then
         does not fire again. What the state remembers is what the compacted topics must end with, so each such
