@@ -12,7 +12,7 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
   idempotent effects (the core drops redelivered event ids).
 - A batch's changed states are stored only after its outputs were delivered, so after a crash a stored state is
   never ahead of the topics and the redelivered input sends again what the crash cut off. Where a state is stored
-  first anyway (a delivery cancelled by a rebalance or stop, an erasure), indexing a partition finds the customers
+  first anyway (a delivery a stop or rebalance cut short, an erasure), indexing a partition finds the customers
   changed at or after the committed offset (every state write carries the offset of the input being handled) and
   re-sends what their state says the topics hold: the latest decision or a tombstone per channel, the preferences
   view or a tombstone.
@@ -57,6 +57,7 @@ TICK = b"tick"
 TICK_KEY = b"\x00fatigue-tick"
 REROUTED_HEADER = "fatigue-rerouted-from"
 _FAUST_INTERNAL_PREFIX = b"__faust"
+_DELIVERY_GRACE_ON_CANCEL_S = 10.0
 # Table values are the offset of the input message being handled when the state last changed (the customer's own
 # event, or another message whose partition clock or tick fired its deadline or expired its block) followed by the
 # core's own state bytes. A state whose offset is at or after the committed offset may be ahead of the outputs
@@ -164,12 +165,19 @@ class GuardService:
             self.handle_batch(events)
         finally:
             outputs = self.take_outputs()
+            delivery = asyncio.ensure_future(self._deliver(outputs))
             try:
-                await self._deliver(outputs)
+                await asyncio.shield(delivery)
+            except asyncio.CancelledError:
+                # A stop or rebalance: let what is on its way arrive (for a while), so the states stored next are
+                # not ahead of the topics.
+                await asyncio.wait([delivery], timeout=_DELIVERY_GRACE_ON_CANCEL_S)
+                delivery.cancel()
+                raise
             finally:
-                # After delivery, so a stored state never runs ahead of the topics. When delivery was cancelled
-                # (rebalance, shutdown) the states are still written: this process has handled those offsets and
-                # would skip them again, and indexing re-sends what each changed state says.
+                # After delivery, so a stored state never runs ahead of the topics. When delivery did not complete
+                # (cancelled) the states are still written: this process has handled those offsets and would skip
+                # them again, and indexing re-sends what each changed state says.
                 self.write_back()
 
     async def _deliver(self, outputs: list[_Output]) -> None:

@@ -134,6 +134,7 @@ class FakeProducer:
         self.table = table
         self.kill_at: int | None = None
         self.failures = 0  # the next sends that fail (a broker away)
+        self.ack_delay_s = 0.0  # how long Kafka takes to acknowledge a record
         self.sends = 0
         self.disk_at_kill: dict[int, dict[bytes, bytes]] | None = None
 
@@ -147,9 +148,14 @@ class FakeProducer:
             self.disk_at_kill = copy.deepcopy(self.table.dbs)
             raise Killed
         self.sends += 1
-        self.world.sent.append(Sent(topic, key, value, self.world.current))
+        record = Sent(topic, key, value, self.world.current)
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        delivered.set_result(None)
+
+        def acknowledge() -> None:
+            self.world.sent.append(record)
+            delivered.set_result(None)
+
+        asyncio.get_running_loop().call_later(self.ack_delay_s, acknowledge)
         return delivered
 
 
@@ -485,6 +491,35 @@ def test_outputs_kafka_does_not_take_are_sent_again_before_the_states_are_stored
     block = orjson.loads(worker.world.sent[0].value or b"")
     assert [s.topic for s in worker.world.sent] == [SETTINGS.decisions_topic]
     assert block["action"] == "block" and block["channel"] == "call"
+
+
+def test_a_batch_cancelled_while_its_outputs_are_on_their_way_stores_its_states_after_they_arrive():
+    """A stop or rebalance cancels the agent mid-delivery: the records already handed to the producer are waited
+    for (a while) before the states are stored, then the cancellation goes on."""
+    inputs: dict[int, Input] = {0: [_event(A, "c1", at(0), "contact", channel="call")], 1: [], 2: []}
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    producer = worker.service.app.producer  # type: ignore[attr-defined]
+    producer.ack_delay_s = 0.2
+    seen_at_store: list[int] = []
+    real_write_back = worker.service.write_back
+
+    def look_then_write_back() -> None:
+        seen_at_store.append(len(worker.world.sent))
+        real_write_back()
+
+    worker.service.write_back = look_then_write_back  # type: ignore[method-assign]
+
+    async def run_and_cancel() -> None:
+        event = FakeEvent(FakeMessage(EVENTS, 0, 0, *inputs[0][0]))
+        task = asyncio.ensure_future(worker.service.run_batch([event]))  # type: ignore[list-item]
+        await asyncio.sleep(0.05)  # the block is handed to the producer, not acknowledged yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run_and_cancel())
+    assert seen_at_store == [1], "the state is stored once the block is on the topic"
+    assert worker.service.table.get(A.encode()) is not None
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
