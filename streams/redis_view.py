@@ -84,7 +84,10 @@ class RedisView:
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
         sets = deletes = 0
-        for key, value in records:
+        # only a key's last record in the batch decides what Redis holds (a hot customer's block is re-decided
+        # on every contact): one command per key, not per record
+        latest = dict(records)
+        for key, value in latest.items():
             if self._queue(pipe, key, value, now_ms):
                 sets += 1
             else:
