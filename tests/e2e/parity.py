@@ -313,13 +313,18 @@ def assert_redis_prefs_exact(deployment: GuardDeployment, expected: Expected) ->
 
 
 def assert_exact_parity(
-    deployment: GuardDeployment, messages: Messages, min_blocks: int = 50, *, wall_clock: bool = True
+    deployment: GuardDeployment,
+    messages: Messages,
+    min_blocks: int = 50,
+    *,
+    wall_clock: bool = True,
+    settle_timeout_s: float = 240.0,
 ) -> Expected:
     """Settle, then every output equals the replay of ``messages`` exactly (the parity tests' oracle).
 
     ``wall_clock=False`` for workers run with ``--quiet-after`` out of reach (see :func:`expected_outputs`).
     """
-    deployment.wait_until_settled()
+    deployment.wait_until_settled(timeout_s=settle_timeout_s)
     expected = expected_outputs(deployment, messages, int(time.time() * 1000), wall_clock=wall_clock)
     print(f"\n{expected.summary()}")
     assert_decisions_exact(deployment, expected)
