@@ -54,6 +54,7 @@ class Step:
 # ``data``, only when a decision is emitted.
 _Candidate = tuple[int, int | None, str, str, str, Callable[[Any], dict[str, Any]], Any]
 _INDEFINITE: Final = 1 << 62
+_NEVER: Final = 1 << 62  # an instant after any event time
 
 
 def _sort_key(until_ms: int | None, order: int) -> int:
@@ -224,6 +225,8 @@ class Guard:
             self._check_violations(state, event, channel, step.violations)
         log = state.logs[channel]
         insort(log, ts)
+        if ts + self._retention_ms < state.trim_due_ms:
+            state.trim_due_ms = ts + self._retention_ms  # a late contact can be the oldest kept
         if len(log) > self._max_contacts:
             del log[0]
             state.trimmed += 1
@@ -261,6 +264,7 @@ class Guard:
         changed = False
         if policy.hangup_rules and event.duration_s < policy.hangup_threshold_s:
             insort(state.hangups, event.ts_ms)
+            _trim_due_by(state, event.ts_ms + self._hangup_retention_ms)
             if len(state.hangups) > policy.max_signals:
                 del state.hangups[0]
                 state.trimmed += 1
@@ -272,6 +276,7 @@ class Guard:
             and (state.conversation_ms is None or event.ts_ms > state.conversation_ms)
         ):
             state.conversation_ms = event.ts_ms
+            _trim_due_by(state, event.ts_ms + conversation.block_ms)
             changed = True
         if changed:
             self._evaluate_event(state, (CALL,), event, step)
@@ -305,6 +310,7 @@ class Guard:
         previous = state.complaints[channel]
         if previous is None or event.ts_ms > previous:
             state.complaints[channel] = event.ts_ms
+            _trim_due_by(state, event.ts_ms + self._complaint_retention_ms)
             self._evaluate_event(state, ALL_CHANNEL_INDEXES, event, step)
 
     def _on_preference(self, state: CustomerState, event: Event, step: Step) -> None:
@@ -321,6 +327,7 @@ class Guard:
             fact = [ts, cap[0], cap[1]] if cap is not None else [ts, None, None]
             cap_scope = SCOPE_ALL if event.channel is None else scope[0]
             if _set_fact(state.customer_caps, cap_scope, fact):
+                state.trim_due_ms = 0  # a customer's cap window sets how long contacts are kept
                 affected.update(scope)
         if "quiet_hours" in prefs:
             hours = prefs["quiet_hours"]
@@ -378,6 +385,7 @@ class Guard:
                     allow = self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms)
                     decisions.append(allow)
                     emitted[channel] = [cause_ms, allow]
+                    _trim_due_by(state, cause_ms + self._late_grace_ms + 1)
                 elif record is not None and record[1]["action"] == "block":
                     emitted[channel] = None  # expired: nothing to remember
                 continue
@@ -394,6 +402,8 @@ class Guard:
             decision = self._block(state, channel, winner, candidates, now, cause_event_id, cause_ms, rendered)
             since = record[0] if previous is not None and record is not None else cause_ms
             emitted[channel] = [since, decision]
+            if winner[1] is not None:
+                _trim_due_by(state, winner[1])
             decisions.append(decision)
 
     def _candidates(self, state: CustomerState, channel: int, now: int) -> list[_Candidate]:
@@ -590,6 +600,7 @@ class Guard:
             state.streak += 1
             if unread is not None and state.streak >= unread.streak:
                 state.unread_block = [deadline, deadline + unread.block_ms, contact_event_id, state.streak]
+                _trim_due_by(state, deadline + unread.block_ms)
                 self._evaluate(state, (EMAIL,), deadline, contact_event_id, deadline, decisions, "lifted")
 
     # ------------------------------------------------------------------ violations
@@ -745,25 +756,9 @@ class Guard:
 
     def _trim(self, state: CustomerState, now: int) -> None:
         """Drop what no rule can need any more once event time reaches ``now``."""
-        # Runs for nearly every event of a sparse customer (once per hour of its event time): each part is
-        # guarded by one cheap test, so a state with nothing to drop costs little.
-        retention = self._retention_ms
-        caps = state.customer_caps
-        if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
-            for cap in caps:
-                if cap is not None and cap[2] is not None and cap[2] > retention:
-                    retention = cap[2]
-        cutoff = now - retention
-        first_log, second_log, third_log = state.logs
-        if first_log and first_log[0] <= cutoff:
-            del first_log[: bisect_right(first_log, cutoff)]
-        if second_log and second_log[0] <= cutoff:
-            del second_log[: bisect_right(second_log, cutoff)]
-        if third_log and third_log[0] <= cutoff:
-            del third_log[: bisect_right(third_log, cutoff)]
-        hangups = state.hangups
-        if hangups and hangups[0] <= now - self._hangup_retention_ms:
-            del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
+        # Runs for nearly every event of a sparse customer (once per hour of its event time). The ids were just
+        # read by the de-duplication; the rest is only read when something in it can be due (``trim_due_ms``):
+        # reading every part of a state that is not in the processor's caches is most of a trim's cost.
         ids = state.ids
         id_cutoff = now - self._late_grace_ms
         # ids are kept in arrival order: drop from the oldest up to the first one still inside the grace
@@ -775,6 +770,22 @@ class Guard:
                 stale.append(event_id)
             for event_id in stale:
                 del ids[event_id]
+        if now < state.trim_due_ms:
+            return
+        retention = self._retention_ms
+        caps = state.customer_caps
+        if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
+            for cap in caps:
+                if cap is not None and cap[2] is not None and cap[2] > retention:
+                    retention = cap[2]
+        cutoff = now - retention
+        logs = state.logs
+        for log in logs:
+            if log and log[0] <= cutoff:
+                del log[: bisect_right(log, cutoff)]
+        hangups = state.hangups
+        if hangups and hangups[0] <= now - self._hangup_retention_ms:
+            del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
         complaints = state.complaints
         if complaints[0] is not None or complaints[1] is not None or complaints[2] is not None:
             for index, at in enumerate(complaints):
@@ -794,14 +805,40 @@ class Guard:
                     continue
                 decision = record[1]
                 # an allow is kept only while a redelivery of its cause could still arrive (the late grace)
-                if decision["action"] == "allow":
-                    expired = decision["decided_at_ms"] < allow_cutoff
-                else:
-                    until = decision["until_ms"]
-                    # not a block still in force (see _blocking)
-                    expired = decision["action"] != "block" or (until is not None and until <= now)
+                expired = (
+                    decision["decided_at_ms"] < allow_cutoff
+                    if decision["action"] == "allow"
+                    else not _blocking(decision, now)
+                )
                 if expired:
                     emitted[index] = None
+        # The earliest instant at which any part above has something to drop again, from what is kept now (each
+        # test above, solved for `now`). Whatever the engine adds later lowers it (_trim_due_by); a change of a
+        # customer's cap window resets it.
+        due = _NEVER
+        for log in logs:
+            if log and log[0] + retention < due:
+                due = log[0] + retention
+        if hangups and hangups[0] + self._hangup_retention_ms < due:
+            due = hangups[0] + self._hangup_retention_ms
+        for at in complaints:
+            if at is not None and at + self._complaint_retention_ms < due:
+                due = at + self._complaint_retention_ms
+        if state.conversation_ms is not None:
+            conversation = self.policy.conversation
+            assert conversation is not None  # cleared above otherwise
+            due = min(due, state.conversation_ms + conversation.block_ms)
+        if state.unread_block is not None:
+            due = min(due, state.unread_block[1])
+        for record in emitted:
+            if record is None:
+                continue
+            decision = record[1]
+            if decision["action"] == "allow":
+                due = min(due, decision["decided_at_ms"] + self._late_grace_ms + 1)
+            elif decision["until_ms"] is not None:
+                due = min(due, decision["until_ms"])
+        state.trim_due_ms = due
 
 
 def _merged_window(logs: list[list[int]], now: int, window_ms: int, limit: int) -> tuple[int, list[int]] | None:
@@ -940,6 +977,12 @@ def _render_conversation(candidate: _Candidate) -> dict[str, Any]:
         "until": None if until is None else format_ms(until),
         "conversation_at": format_ms(talked_at),
     }
+
+
+def _trim_due_by(state: CustomerState, at: int) -> None:
+    """Something added to ``state`` can be trimmed from ``at`` on: the trim must look again by then."""
+    if at < state.trim_due_ms:
+        state.trim_due_ms = at
 
 
 def _active(until_ms: int | None, at: int) -> bool:
