@@ -20,9 +20,9 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from fatigue.events import CHANNEL_INDEX, CHANNELS, Event, Rejection
-from fatigue.policy import HangupRule, Policy
+from fatigue.policy import Policy
 from fatigue.state import SCOPE_ALL, CustomerState
-from fatigue.timeutil import format_duration, format_ms, format_optional_ms
+from fatigue.timeutil import format_duration, format_ms
 
 EMAIL: Final = CHANNEL_INDEX["email"]
 SMS: Final = CHANNEL_INDEX["sms"]
@@ -47,18 +47,23 @@ class Step:
     erased: bool = False
 
 
-@dataclass(slots=True)
-class _Candidate:
-    until_ms: int | None
-    order: int
-    reason: str
-    rule_id: str
-    rule: str
-    evidence: Callable[[], dict[str, Any]]  # built only when a decision is emitted
+# A candidate block, as a plain tuple (cheaper to build than an object; most are never rendered):
+#   (sort_key, until_ms, reason, rule_id, rule_text, render, data)
+# ``sort_key`` orders the latest ``until`` first (None = indefinite beats everything), then the policy's rule
+# order, in one int (see _sort_key); ``render(candidate)`` builds the candidate's entry of the evidence from
+# ``data``, only when a decision is emitted.
+_Candidate = tuple[int, int | None, str, str, str, Callable[[Any], dict[str, Any]], Any]
+_INDEFINITE: Final = 1 << 62
+_NEVER: Final = 1 << 62  # an instant after any event time
 
-    def sort_key(self) -> tuple[int, int]:
-        # latest until first (None = indefinite beats everything), then the policy's rule order
-        return (-(self.until_ms if self.until_ms is not None else 1 << 62), self.order)
+
+def _sort_key(until_ms: int | None, order: int) -> int:
+    # the same order as the pair (-until, order): orders are below 16, so they only break ties of until
+    return -(until_ms if until_ms is not None else _INDEFINITE) * 16 + order
+
+
+def _candidate_key(candidate: _Candidate) -> int:
+    return candidate[0]
 
 
 class Guard:
@@ -85,37 +90,63 @@ class Guard:
         self._complaint_retention_ms = (
             max(complaint.channel_block_ms, complaint.other_channels_block_ms) if complaint else 0
         )
+        # per-rule constants of the window checks, unpacked in one go on the hot path
+        self._channel_windows = tuple(
+            tuple(
+                (rule.window_ms, rule.limit, rule.rule_id, text, format_duration(rule.window_ms)) for rule, text in caps
+            )
+            for caps in self._channel_caps
+        )
+        self._global_windows = tuple(
+            (rule.window_ms, rule.limit, rule.rule_id, text, format_duration(rule.window_ms))
+            for rule, text in self._global_caps
+        )
+        self._version = policy.version
+        self._late_grace_ms = policy.late_grace_ms
+        self._max_contacts = policy.max_contacts_per_channel
+        self._max_event_ids = policy.max_event_ids
+        self._unread = policy.unread
+        self._quiet_hours = policy.quiet_hours
+        self._complaint = policy.complaint
 
     # ------------------------------------------------------------------ drivers' entry points
 
     def process(self, state: CustomerState | None, event: Event) -> Step:
         """Apply one validated event. ``state`` is mutated in place and returned in the step."""
-        policy = self.policy
-        event_id = event.event_id
-        if event.type == "erase":
+        event_type = event.type
+        if event_type == "erase":
             return self._erase(state, event)
-        if state is not None:
-            if event_id in state.ids:
+        event_id = event.event_id
+        ts = event.ts_ms
+        if state is None:
+            # a new customer: nothing to settle or to trim yet
+            state = CustomerState(event.customer_id)
+            state.watermark_ms = ts
+            state.ids[event_id] = ts
+            step = Step(state)
+        else:
+            ids = state.ids
+            if event_id in ids:
                 return Step(state, rejection=_reject(event, "duplicate", "event_id already processed"))
             watermark = state.watermark_ms
-            if watermark is not None and event.ts_ms < watermark - policy.late_grace_ms:
-                detail = f"more than {format_duration(policy.late_grace_ms)} older than the customer's newest event"
+            if watermark is not None and ts < watermark - self._late_grace_ms:
+                detail = f"more than {format_duration(self._late_grace_ms)} older than the customer's newest event"
                 return Step(state, rejection=_reject(event, "late", detail))
-        else:
-            state = CustomerState(event.customer_id)
-        step = Step(state)
-        ts = event.ts_ms
-        previous_watermark = state.watermark_ms
-        if previous_watermark is None or ts > previous_watermark:
-            if state.pending:
-                self._finalize_deadlines(state, ts, step.decisions)
-            state.watermark_ms = ts
-            # trimming only bounds memory (every read filters by time), so once per hour of event time is enough
-            if previous_watermark is None or ts // _TRIM_PERIOD_MS != previous_watermark // _TRIM_PERIOD_MS:
-                self._trim(state, ts)
-        self._remember_id(state, event_id, ts)
-        handler = _HANDLERS[event.type]
-        handler(self, state, event, step)
+            step = Step(state)
+            if watermark is None or ts > watermark:
+                if state.pending:
+                    self._finalize_deadlines(state, ts, step.decisions)
+                state.watermark_ms = ts
+                # trimming only bounds memory (every read filters by time), so once per hour of event time is
+                # enough
+                if watermark is None or ts // _TRIM_PERIOD_MS != watermark // _TRIM_PERIOD_MS:
+                    self._trim(state, ts)
+            # remember the id for de-duplication, the oldest forgotten beyond the bound
+            ids[event_id] = ts
+            if len(ids) > self._max_event_ids:
+                del ids[next(iter(ids))]
+                state.trimmed += 1
+        _HANDLERS[event_type](self, state, event, step)
         return step
 
     def advance(self, state: CustomerState, now_ms: int) -> Step:
@@ -187,35 +218,44 @@ class Guard:
         channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
         if event.category not in self._counted:
             return  # transactional (and, by default, service) messages neither count nor are ever blocked
-        self._check_violations(state, event, channel, step.violations)
+        ts = event.ts_ms
+        record = state.emitted[channel]
+        if record is not None or state.quiet[channel] is not None or self._quiet_hours is not None:
+            # without a decision on the channel and without quiet hours there is nothing to violate
+            self._check_violations(state, event, channel, step.violations)
         log = state.logs[channel]
-        insort(log, event.ts_ms)
-        if len(log) > self.policy.max_contacts_per_channel:
+        insort(log, ts)
+        if ts + self._retention_ms < state.trim_due_ms:
+            state.trim_due_ms = ts + self._retention_ms  # a late contact can be the oldest kept
+        if len(log) > self._max_contacts:
             del log[0]
             state.trimmed += 1
-        unread = self.policy.unread
+        unread = self._unread
         if unread is not None and channel == EMAIL and event.category == "marketing":
             pending = state.pending
-            insort(pending, [event.ts_ms + unread.deadline_ms, event.event_id, 0])
-            if len(pending) > self.policy.max_contacts_per_channel:
+            insort(pending, [ts + unread.deadline_ms, event.event_id, 0])
+            if len(pending) > self._max_contacts:
                 # a hot key: stop tracking its oldest unsettled mail (counted in `trimmed`) to stay bounded
                 del pending[0]
                 state.trimmed += 1
         logs = state.logs
+        caps = state.customer_caps
         if (
-            state.emitted[channel] is None
+            record is None
             and len(log) < self._min_channel_limit[channel]
             and len(logs[0]) + len(logs[1]) + len(logs[2]) < self._min_global_limit
-            and state.customer_caps[channel] is None
-            and state.customer_caps[SCOPE_ALL] is None
+            and caps[channel] is None
+            and caps[SCOPE_ALL] is None
         ):
             # Fast path: nothing was blocking this channel at the last evaluation and no cap can be reached
             # with this few contacts kept, so a contact cannot change the decision (time alone only ends blocks).
             return
         now = state.watermark_ms
         assert now is not None
-        channels = ALL_CHANNEL_INDEXES if self._cross_channel_cap_reached(state, now) else (channel,)
-        self._evaluate(state, channels, now, event.event_id, event.ts_ms, step.decisions, "lifted")
+        # an all-channel cap reached blocks every channel: re-evaluate them all
+        shared = self._shared_candidates(state, now)
+        channels = ALL_CHANNEL_INDEXES if shared else (channel,)
+        self._evaluate(state, channels, now, event.event_id, ts, step.decisions, "lifted", shared)
 
     def _on_call_ended(self, state: CustomerState, event: Event, step: Step) -> None:
         if not event.answered:
@@ -224,6 +264,7 @@ class Guard:
         changed = False
         if policy.hangup_rules and event.duration_s < policy.hangup_threshold_s:
             insort(state.hangups, event.ts_ms)
+            _trim_due_by(state, event.ts_ms + self._hangup_retention_ms)
             if len(state.hangups) > policy.max_signals:
                 del state.hangups[0]
                 state.trimmed += 1
@@ -235,6 +276,7 @@ class Guard:
             and (state.conversation_ms is None or event.ts_ms > state.conversation_ms)
         ):
             state.conversation_ms = event.ts_ms
+            _trim_due_by(state, event.ts_ms + conversation.block_ms)
             changed = True
         if changed:
             self._evaluate_event(state, (CALL,), event, step)
@@ -268,6 +310,7 @@ class Guard:
         previous = state.complaints[channel]
         if previous is None or event.ts_ms > previous:
             state.complaints[channel] = event.ts_ms
+            _trim_due_by(state, event.ts_ms + self._complaint_retention_ms)
             self._evaluate_event(state, ALL_CHANNEL_INDEXES, event, step)
 
     def _on_preference(self, state: CustomerState, event: Event, step: Step) -> None:
@@ -284,6 +327,7 @@ class Guard:
             fact = [ts, cap[0], cap[1]] if cap is not None else [ts, None, None]
             cap_scope = SCOPE_ALL if event.channel is None else scope[0]
             if _set_fact(state.customer_caps, cap_scope, fact):
+                state.trim_due_ms = 0  # a customer's cap window sets how long contacts are kept
                 affected.update(scope)
         if "quiet_hours" in prefs:
             hours = prefs["quiet_hours"]
@@ -314,71 +358,90 @@ class Guard:
         cause_ms: int,
         decisions: list[dict[str, Any]],
         lift_reason: str,
+        shared: list[_Candidate] | None = None,
     ) -> None:
-        """Recompute the winning block of each channel at ``now`` and emit what changed."""
-        shared = self._shared_candidates(state, now)
+        """Recompute the winning block of each channel at ``now`` and emit what changed.
+
+        ``shared``: the all-channel candidates at ``now`` when the caller has them already.
+        """
+        if shared is None:
+            shared = self._shared_candidates(state, now)
+        # an all-channel candidate is rendered once for every channel's decision of this evaluation (keyed by
+        # identity: the shared candidates stay alive throughout, unlike each channel's own)
+        rendered = dict.fromkeys(map(id, shared)) if shared and len(channels) > 1 else None
+        emitted = state.emitted
         for channel in channels:
             candidates = self._candidates(state, channel, now)
-            candidates.extend(shared)
-            record = state.emitted[channel]
-            previous = record[1] if record is not None and _blocking(record[1], now) else None
+            if shared:
+                candidates += shared
+            record = emitted[channel]
+            previous = None
+            if record is not None:
+                last = record[1]
+                if last["action"] == "block" and (last["until_ms"] is None or last["until_ms"] > now):
+                    previous = last
             if not candidates:
                 if previous is not None:
                     allow = self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms)
                     decisions.append(allow)
-                    state.emitted[channel] = [cause_ms, allow]
+                    emitted[channel] = [cause_ms, allow]
+                    _trim_due_by(state, cause_ms + self._late_grace_ms + 1)
                 elif record is not None and record[1]["action"] == "block":
-                    state.emitted[channel] = None  # expired: nothing to remember
+                    emitted[channel] = None  # expired: nothing to remember
                 continue
-            candidates.sort(key=_Candidate.sort_key)
+            if len(candidates) > 1:
+                candidates.sort(key=_candidate_key)  # stable: equal keys keep the order they were found in
             winner = candidates[0]
             if (
                 previous is not None
-                and previous["until_ms"] == winner.until_ms
-                and previous["rule_id"] == winner.rule_id
-                and previous["reason"] == winner.reason
+                and previous["until_ms"] == winner[1]
+                and previous["rule_id"] == winner[3]
+                and previous["reason"] == winner[2]
             ):
                 continue
-            decision = self._block(state, channel, winner, candidates, now, cause_event_id, cause_ms)
+            decision = self._block(state, channel, winner, candidates, now, cause_event_id, cause_ms, rendered)
             since = record[0] if previous is not None and record is not None else cause_ms
-            state.emitted[channel] = [since, decision]
+            emitted[channel] = [since, decision]
+            if winner[1] is not None:
+                _trim_due_by(state, winner[1])
             decisions.append(decision)
 
     def _candidates(self, state: CustomerState, channel: int, now: int) -> list[_Candidate]:
-        """Every block in force on ``channel`` at ``now``, each with its exact end (evidence built lazily)."""
-        policy = self.policy
+        """Every block in force on ``channel`` at ``now``, each with its exact end (evidence rendered lazily)."""
         found: list[_Candidate] = []
         opt_out = state.opt_outs[channel]
         if opt_out is not None and opt_out[1]:
-            at, source = opt_out[0], opt_out[2]
+            source = opt_out[2]
             found.append(
-                _Candidate(
+                (
+                    _sort_key(None, 0),
                     None,
-                    0,
                     _OPT_OUT_REASONS[source],
                     f"opt_out.{source}",
                     _opt_out_text(source, CHANNELS[channel]),
-                    _constant({"opted_out_at": format_ms(at), "source": source}),
+                    _render_opt_out,
+                    opt_out,
                 )
             )
-        complaint = policy.complaint
+        complaint = self._complaint
         complaints = state.complaints
         if complaint is not None and (complaints[0] or complaints[1] or complaints[2]):
             for other in ALL_CHANNEL_INDEXES:
-                complained_at = state.complaints[other]
+                complained_at = complaints[other]
                 if complained_at is None:
                     continue
                 same = other == channel
                 until = complained_at + (complaint.channel_block_ms if same else complaint.other_channels_block_ms)
                 if until > now:
                     found.append(
-                        _Candidate(
+                        (
+                            _sort_key(until, 1),
                             until,
-                            1,
                             "complaint",
                             f"{complaint.rule_id}.{'channel' if same else 'other_channels'}",
                             complaint.text(CHANNELS[other], CHANNELS[channel]),
-                            _complaint_evidence(complained_at, CHANNELS[other]),
+                            _render_complaint,
+                            (complained_at, CHANNELS[other]),
                         )
                     )
         cap = state.customer_caps[channel]
@@ -387,38 +450,71 @@ class Guard:
             if candidate is not None:
                 found.append(candidate)
         if channel == CALL:
-            self._call_candidates(state, now, found)
+            if state.hangups or state.conversation_ms is not None:
+                self._call_candidates(state, now, found)
         elif channel == EMAIL:
             block = state.unread_block
-            unread = policy.unread
             if block is not None and block[1] > now:
+                unread = self._unread
+                until = block[1]
                 found.append(
-                    _Candidate(
-                        block[1],
-                        5,
+                    (
+                        _sort_key(until, 5),
+                        until,
                         "unread",
                         unread.rule_id if unread else "unread",
                         unread.text if unread else "email: unread in a row",
-                        _constant(
-                            {"streak": block[3], "last_deadline": format_ms(block[0]), "email_event_id": block[2]}
-                        ),
+                        _render_unread,
+                        block,
                     )
                 )
-        own = (state.logs[channel],)
-        for rule, text in self._channel_caps[channel]:
-            candidate = _window_candidate(own, now, rule.window_ms, rule.limit, 7, "cap", rule.rule_id, text)
-            if candidate is not None:
-                found.append(candidate)
+        log = state.logs[channel]
+        kept = len(log)
+        for window_ms, limit, rule_id, text, window_text in self._channel_windows[channel]:
+            if kept < limit:
+                continue  # the common case: too few contacts kept to reach the limit at all
+            start = now - window_ms
+            count = kept - bisect_right(log, start)
+            if count < limit:
+                continue
+            # blocked until the limit-th newest contact leaves the window; `log` is not changed before rendering
+            until = log[-limit] + window_ms
+            found.append(
+                (
+                    -until * 16 + 7,  # _sort_key(until, 7), inlined on this hot path
+                    until,
+                    "cap",
+                    rule_id,
+                    text,
+                    _render_window,
+                    (count, limit, window_text, start, log),
+                )
+            )
         return found
 
     def _shared_candidates(self, state: CustomerState, now: int) -> list[_Candidate]:
-        """Blocks that apply to every channel alike (all-channel caps), computed once per evaluation."""
+        """Blocks that apply to every channel alike (all-channel caps), computed once per evaluation.
+
+        Non-empty exactly when an all-channel cap (the policy's or the customer's own) is reached at ``now``.
+        """
         found: list[_Candidate] = []
         logs = state.logs
-        for rule, text in self._global_caps:
-            candidate = _window_candidate(logs, now, rule.window_ms, rule.limit, 6, "global_cap", rule.rule_id, text)
-            if candidate is not None:
-                found.append(candidate)
+        for window_ms, limit, rule_id, text, window_text in self._global_windows:
+            window = _merged_window(logs, now, window_ms, limit)
+            if window is not None:
+                count, newest = window
+                until = newest[0] + window_ms
+                found.append(
+                    (
+                        -until * 16 + 6,  # _sort_key(until, 6)
+                        until,
+                        "global_cap",
+                        rule_id,
+                        text,
+                        _render_window,
+                        (count, limit, window_text, now - window_ms, newest),
+                    )
+                )
         cap = state.customer_caps[SCOPE_ALL]
         if cap is not None and cap[1] is not None:
             candidate = self._customer_cap(state, SCOPE_ALL, cap, now)
@@ -439,13 +535,14 @@ class Guard:
                 count = index + 1 - first
                 if count >= rule.count:
                     found.append(
-                        _Candidate(
+                        (
+                            _sort_key(until, 3),
                             until,
-                            3,
                             "short_hangups",
                             rule.rule_id,
                             text,
-                            _hangup_evidence(hangups[first : index + 1], rule),
+                            _render_hangups,
+                            (hangups[first : index + 1], rule),
                         )
                     )
                     break
@@ -455,13 +552,14 @@ class Guard:
             until = talked_at + conversation.block_ms
             if until > now:
                 found.append(
-                    _Candidate(
+                    (
+                        _sort_key(until, 4),
                         until,
-                        4,
                         "conversation",
                         conversation.rule_id,
                         conversation.text,
-                        _constant({"conversation_at": format_ms(talked_at)}),
+                        _render_conversation,
+                        talked_at,
                     )
                 )
 
@@ -470,26 +568,23 @@ class Guard:
         name = "all channels" if scope == SCOPE_ALL else CHANNELS[scope]
         text = f"customer: {name} <= {limit} per {format_duration(window_ms)}"
         rule_id = f"customer_cap.{'all' if scope == SCOPE_ALL else CHANNELS[scope]}"
-        extra = {"preference_at": format_ms(set_at)}
         if limit == 0:
-            return _Candidate(None, 2, "customer_cap", rule_id, text, _constant(extra))
-        logs = state.logs if scope == SCOPE_ALL else (state.logs[scope],)
-        return _window_candidate(logs, now, window_ms, limit, 2, "customer_cap", rule_id, text, extra)
-
-    def _cross_channel_cap_reached(self, state: CustomerState, now: int) -> bool:
-        logs = state.logs
-        kept = len(logs[0]) + len(logs[1]) + len(logs[2])
-        for window_ms, limit in self._global_limits:
-            if kept < limit:
-                continue
-            start = now - window_ms
-            if sum(len(log) - bisect_right(log, start) for log in logs) >= limit:
-                return True
-        cap = state.customer_caps[SCOPE_ALL]
-        if cap is not None and cap[1] is not None:
-            start = now - cap[2]
-            return bool(sum(len(log) - bisect_right(log, start) for log in logs) >= cap[1])
-        return False
+            return (_sort_key(None, 2), None, "customer_cap", rule_id, text, _render_preference, set_at)
+        if scope == SCOPE_ALL:
+            window = _merged_window(state.logs, now, window_ms, limit)
+            if window is None:
+                return None
+            count, newest = window
+        else:
+            newest = state.logs[scope]
+            if len(newest) < limit:
+                return None
+            count = len(newest) - bisect_right(newest, now - window_ms)
+            if count < limit:
+                return None
+        until = newest[-limit] + window_ms
+        data = (count, limit, format_duration(window_ms), now - window_ms, newest, set_at)
+        return (_sort_key(until, 2), until, "customer_cap", rule_id, text, _render_customer_window, data)
 
     # ------------------------------------------------------------------ unread deadlines
 
@@ -505,6 +600,7 @@ class Guard:
             state.streak += 1
             if unread is not None and state.streak >= unread.streak:
                 state.unread_block = [deadline, deadline + unread.block_ms, contact_event_id, state.streak]
+                _trim_due_by(state, deadline + unread.block_ms)
                 self._evaluate(state, (EMAIL,), deadline, contact_event_id, deadline, decisions, "lifted")
 
     # ------------------------------------------------------------------ violations
@@ -560,7 +656,7 @@ class Guard:
             "category": event.category,
             "event_id": event.event_id,
             "ts": format_ms(event.ts_ms),
-            "policy_version": self.policy.version,
+            "policy_version": self._version,
         }
 
     # ------------------------------------------------------------------ decisions
@@ -574,34 +670,39 @@ class Guard:
         now: int,
         cause_event_id: str,
         cause_ms: int,
+        rendered: dict[int, dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
+        if rendered is None:
+            rules = [candidate[5](candidate) for candidate in candidates]
+        else:
+            rules = []
+            for candidate in candidates:
+                key = id(candidate)
+                if key in rendered:
+                    rule = rendered[key]
+                    if rule is None:
+                        rule = rendered[key] = candidate[5](candidate)
+                else:
+                    rule = candidate[5](candidate)
+                rules.append(rule)
+        until = winner[1]
+        reason = winner[2]
         decision: dict[str, Any] = {
             "customer_id": state.customer_id,
             "channel": CHANNELS[channel],
             "action": "block",
-            "reason": winner.reason,
-            "rule": winner.rule,
-            "rule_id": winner.rule_id,
-            "until": format_optional_ms(winner.until_ms),
-            "until_ms": winner.until_ms,
-            "evidence": {
-                "rules": [
-                    {
-                        "rule_id": candidate.rule_id,
-                        "reason": candidate.reason,
-                        "rule": candidate.rule,
-                        "until": format_optional_ms(candidate.until_ms),
-                        **candidate.evidence(),
-                    }
-                    for candidate in candidates
-                ]
-            },
-            "policy_version": self.policy.version,
+            "reason": reason,
+            "rule": winner[4],
+            "rule_id": winner[3],
+            "until": None if until is None else format_ms(until),
+            "until_ms": until,
+            "evidence": {"rules": rules},
+            "policy_version": self._version,
             "decided_at": format_ms(cause_ms),
             "decided_at_ms": cause_ms,
             "cause_event_id": cause_event_id,
         }
-        if winner.reason in _NEGATIVE_REACTIONS and self._suggests(winner.reason):
+        if reason in _NEGATIVE_REACTIONS and self._suggests(reason):
             decision["suggest"] = self._suggest(state, channel, now)
         return decision
 
@@ -624,7 +725,7 @@ class Guard:
             "until": None,
             "until_ms": None,
             "evidence": {"lifted_reason": previous["reason"], "lifted_until": previous["until"]},
-            "policy_version": self.policy.version,
+            "policy_version": self._version,
             "decided_at": format_ms(cause_ms),
             "decided_at_ms": cause_ms,
             "cause_event_id": cause_event_id,
@@ -653,32 +754,13 @@ class Guard:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _remember_id(self, state: CustomerState, event_id: str, ts: int) -> None:
-        ids = state.ids
-        ids[event_id] = ts
-        if len(ids) > self.policy.max_event_ids:
-            del ids[next(iter(ids))]
-            state.trimmed += 1
-
     def _trim(self, state: CustomerState, now: int) -> None:
         """Drop what no rule can need any more once event time reaches ``now``."""
-        # Runs for nearly every event of a sparse customer (once per hour of its event time): each part is
-        # guarded by one cheap test, so a state with nothing to drop costs little.
-        retention = self._retention_ms
-        caps = state.customer_caps
-        if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
-            for cap in caps:
-                if cap is not None and cap[2] is not None and cap[2] > retention:
-                    retention = cap[2]
-        cutoff = now - retention
-        for log in state.logs:
-            if log and log[0] <= cutoff:
-                del log[: bisect_right(log, cutoff)]
-        hangups = state.hangups
-        if hangups and hangups[0] <= now - self._hangup_retention_ms:
-            del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
+        # Runs for nearly every event of a sparse customer (once per hour of its event time). The ids were just
+        # read by the de-duplication; the rest is only read when something in it can be due (``trim_due_ms``):
+        # reading every part of a state that is not in the processor's caches is most of a trim's cost.
         ids = state.ids
-        id_cutoff = now - self.policy.late_grace_ms
+        id_cutoff = now - self._late_grace_ms
         # ids are kept in arrival order: drop from the oldest up to the first one still inside the grace
         if ids and next(iter(ids.values())) < id_cutoff:
             stale = []
@@ -688,6 +770,22 @@ class Guard:
                 stale.append(event_id)
             for event_id in stale:
                 del ids[event_id]
+        if now < state.trim_due_ms:
+            return
+        retention = self._retention_ms
+        caps = state.customer_caps
+        if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
+            for cap in caps:
+                if cap is not None and cap[2] is not None and cap[2] > retention:
+                    retention = cap[2]
+        cutoff = now - retention
+        logs = state.logs
+        for log in logs:
+            if log and log[0] <= cutoff:
+                del log[: bisect_right(log, cutoff)]
+        hangups = state.hangups
+        if hangups and hangups[0] <= now - self._hangup_retention_ms:
+            del hangups[: bisect_right(hangups, now - self._hangup_retention_ms)]
         complaints = state.complaints
         if complaints[0] is not None or complaints[1] is not None or complaints[2] is not None:
             for index, at in enumerate(complaints):
@@ -701,7 +799,7 @@ class Guard:
             state.unread_block = None
         emitted = state.emitted
         if emitted[0] is not None or emitted[1] is not None or emitted[2] is not None:
-            allow_cutoff = now - self.policy.late_grace_ms
+            allow_cutoff = now - self._late_grace_ms
             for index, record in enumerate(emitted):
                 if record is None:
                     continue
@@ -714,79 +812,177 @@ class Guard:
                 )
                 if expired:
                     emitted[index] = None
+        # The earliest instant at which any part above has something to drop again, from what is kept now (each
+        # test above, solved for `now`). Whatever the engine adds later lowers it (_trim_due_by); a change of a
+        # customer's cap window resets it.
+        due = _NEVER
+        for log in logs:
+            if log and log[0] + retention < due:
+                due = log[0] + retention
+        if hangups and hangups[0] + self._hangup_retention_ms < due:
+            due = hangups[0] + self._hangup_retention_ms
+        for at in complaints:
+            if at is not None and at + self._complaint_retention_ms < due:
+                due = at + self._complaint_retention_ms
+        if state.conversation_ms is not None:
+            conversation = self.policy.conversation
+            assert conversation is not None  # cleared above otherwise
+            due = min(due, state.conversation_ms + conversation.block_ms)
+        if state.unread_block is not None:
+            due = min(due, state.unread_block[1])
+        for record in emitted:
+            if record is None:
+                continue
+            decision = record[1]
+            if decision["action"] == "allow":
+                due = min(due, decision["decided_at_ms"] + self._late_grace_ms + 1)
+            elif decision["until_ms"] is not None:
+                due = min(due, decision["until_ms"])
+        state.trim_due_ms = due
 
 
-def _window_candidate(
-    logs: tuple[list[int], ...] | list[list[int]],
-    now: int,
-    window_ms: int,
-    limit: int,
-    order: int,
-    reason: str,
-    rule_id: str,
-    text: str,
-    extra: dict[str, Any] | None = None,
-) -> _Candidate | None:
-    """Exact sliding window ``(now - window, now]``: blocked while ``limit`` or more contacts are inside it.
+def _merged_window(logs: list[list[int]], now: int, window_ms: int, limit: int) -> tuple[int, list[int]] | None:
+    """Exact sliding window ``(now - window, now]`` over all channels' logs together.
 
-    The block ends when enough of the oldest contacts have left the window for the count to drop below the limit:
-    at the ``limit``-th newest contact plus the window (with exactly ``limit`` inside: the oldest one plus W).
+    None while fewer than ``limit`` contacts are inside it; else the count and the newest ``limit`` contacts inside
+    it, oldest first: the block ends when the oldest of those leaves the window (its instant plus the window).
     """
+    first_log, second_log, third_log = logs
+    kept = len(first_log) + len(second_log) + len(third_log)
+    if kept < limit:
+        return None  # the common case: too few contacts kept to reach the limit at all
     start = now - window_ms
-    if len(logs) == 1:
-        log = logs[0]
-        if len(log) < limit:
-            return None  # the common case: too few contacts kept to reach the limit at all
-        count = len(log) - bisect_right(log, start)
-        if count < limit:
-            return None
-        newest = log[-limit:]
-    else:
-        if sum(len(log) for log in logs) < limit:
-            return None
-        firsts = [bisect_right(log, start) for log in logs]
-        count = sum(len(log) - first for log, first in zip(logs, firsts, strict=True))
-        if count < limit:
-            return None
-        # only the newest `limit` of each log can be among the newest `limit` overall
-        newest = sorted(
-            ms for log, first in zip(logs, firsts, strict=True) for ms in log[max(first, len(log) - limit) :]
-        )[-limit:]
-    until = newest[0] + window_ms
-    built: list[dict[str, Any]] = []
-
-    def evidence() -> dict[str, Any]:
-        # all-channel caps are shared by every channel's decision: render them once
-        if not built:
-            built.append(
-                {
-                    **(extra or {}),
-                    "count": count,
-                    "limit": limit,
-                    "window": format_duration(window_ms),
-                    "window_start": format_ms(start),
-                    "contacts": [format_ms(ms) for ms in newest[-_MAX_EVIDENCE_TIMESTAMPS:]],
-                }
-            )
-        return built[0]
-
-    return _Candidate(until, order, reason, rule_id, text, evidence)
+    first = bisect_right(first_log, start)
+    second = bisect_right(second_log, start)
+    third = bisect_right(third_log, start)
+    count = kept - first - second - third
+    if count < limit:
+        return None
+    # only the newest `limit` of each log can be among the newest `limit` overall
+    newest = (
+        first_log[max(first, len(first_log) - limit) :]
+        + second_log[max(second, len(second_log) - limit) :]
+        + third_log[max(third, len(third_log) - limit) :]
+    )
+    newest.sort()
+    return count, newest[-limit:]
 
 
-def _constant(evidence: dict[str, Any]) -> Callable[[], dict[str, Any]]:
-    return lambda: evidence
+# Renderers of a candidate's entry in the evidence ("rules"): the rule, its end and what shows it is in force.
+# A cap's contacts are the newest ``limit`` in its window, at most _MAX_EVIDENCE_TIMESTAMPS of them (rendered with
+# map: no Python frame per instant, unlike a comprehension).
 
 
-def _complaint_evidence(complained_at: int, channel: str) -> Callable[[], dict[str, Any]]:
-    return lambda: {"complaint_at": format_ms(complained_at), "complaint_channel": channel}
+def _render_window(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, (count, limit, window_text, start, newest) = candidate
+    assert until is not None  # a window's block always ends
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": format_ms(until),
+        "count": count,
+        "limit": limit,
+        "window": window_text,
+        "window_start": format_ms(start),
+        "contacts": list(map(format_ms, newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :])),
+    }
 
 
-def _hangup_evidence(window: list[int], rule: HangupRule) -> Callable[[], dict[str, Any]]:
-    return lambda: {
+def _render_customer_window(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, (count, limit, window_text, start, newest, set_at) = candidate
+    assert until is not None  # a window's block always ends
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": format_ms(until),
+        "preference_at": format_ms(set_at),
+        "count": count,
+        "limit": limit,
+        "window": window_text,
+        "window_start": format_ms(start),
+        "contacts": list(map(format_ms, newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :])),
+    }
+
+
+def _render_preference(candidate: _Candidate) -> dict[str, Any]:
+    # a customer cap of 0: blocked indefinitely
+    _, until, reason, rule_id, text, _, set_at = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
+        "preference_at": format_ms(set_at),
+    }
+
+
+def _render_opt_out(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, fact = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
+        "opted_out_at": format_ms(fact[0]),
+        "source": fact[2],
+    }
+
+
+def _render_complaint(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, (complained_at, channel) = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
+        "complaint_at": format_ms(complained_at),
+        "complaint_channel": channel,
+    }
+
+
+def _render_unread(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, block = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
+        "streak": block[3],
+        "last_deadline": format_ms(block[0]),
+        "email_event_id": block[2],
+    }
+
+
+def _render_hangups(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, (window, rule) = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
         "count": len(window),
         "window": format_duration(rule.window_ms),
-        "hangups": [format_ms(ms) for ms in window[-_MAX_EVIDENCE_TIMESTAMPS:]],
+        "hangups": list(map(format_ms, window[-_MAX_EVIDENCE_TIMESTAMPS:])),
     }
+
+
+def _render_conversation(candidate: _Candidate) -> dict[str, Any]:
+    _, until, reason, rule_id, text, _, talked_at = candidate
+    return {
+        "rule_id": rule_id,
+        "reason": reason,
+        "rule": text,
+        "until": None if until is None else format_ms(until),
+        "conversation_at": format_ms(talked_at),
+    }
+
+
+def _trim_due_by(state: CustomerState, at: int) -> None:
+    """Something added to ``state`` can be trimmed from ``at`` on: the trim must look again by then."""
+    if at < state.trim_due_ms:
+        state.trim_due_ms = at
 
 
 def _active(until_ms: int | None, at: int) -> bool:

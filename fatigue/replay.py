@@ -99,7 +99,8 @@ class Replay:
             self.newest_ms = parsed.ts_ms
         if self.partitions:
             self._fire_due(partition_for_key(parsed.customer_id.encode(), self.partitions), step)
-        self._count(step)
+        if step.decisions or step.violations:  # most steps have neither
+            self._count(step)
         return step
 
     def _fire_due(self, partition: int, step: Step) -> None:
@@ -129,10 +130,12 @@ class Replay:
         return decisions
 
     def _count(self, step: Step) -> None:
+        decisions = self.stats.decisions
         for decision in step.decisions:
-            self.stats.decisions[(decision["action"], decision["reason"], decision["channel"])] += 1
+            decisions[(decision["action"], decision["reason"], decision["channel"])] += 1
+        violations = self.stats.violations
         for violation in step.violations:
-            self.stats.violations[(violation["kind"], violation["channel"])] += 1
+            violations[(violation["kind"], violation["channel"])] += 1
 
 
 def read_lines(stream: IO[bytes], total_bytes: int | None, progress: bool) -> Iterator[tuple[int, bytes]]:

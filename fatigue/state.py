@@ -47,6 +47,7 @@ class CustomerState:
         "quiet",
         "streak",
         "timezone",
+        "trim_due_ms",
         "trimmed",
         "unread_block",
         "watermark_ms",
@@ -69,6 +70,10 @@ class CustomerState:
         self.unread_block: list[Any] | None = None
         self.emitted: list[list[Any] | None] = [None, None, None]
         self.trimmed = 0
+        # Not serialised: an instant before which the engine's time-based trim has nothing to drop (0: unknown,
+        # trim at the next chance). It lets the trim skip reading every part of a state that is not in memory
+        # caches; a loaded state starts at 0, so it only ever saves work, never changes what is kept.
+        self.trim_due_ms = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A compact dict: empty parts are left out."""
