@@ -116,7 +116,8 @@ class GuardService:
             },
         )
         self.clocks: dict[int, PartitionClock] = {}
-        self.expiries: dict[int, list[tuple[int, str, int]]] = {}
+        self.expiries: dict[int, list[tuple[int, str, int]]] = {}  # (until, customer, channel) heaps, per partition
+        self.expiry_scheduled: dict[int, dict[tuple[str, int], int]] = {}  # the live heap entry per block
         self.last_offset: dict[int, int] = {}
         self.last_input: dict[int, float] = {}
         self.tick_pending: dict[int, float] = {}
@@ -435,8 +436,20 @@ class GuardService:
         self._child(self.metrics.decisions, decision["action"], decision["reason"], decision["channel"]).inc()
         until = decision["until_ms"]
         if decision["action"] == "block" and until is not None:
-            channel = CHANNELS.index(decision["channel"])
-            heapq.heappush(self.expiries.setdefault(partition, []), (until, decision["customer_id"], channel))
+            self._schedule_expiry(partition, until, decision["customer_id"], CHANNELS.index(decision["channel"]))
+
+    def _schedule_expiry(self, partition: int, until: int, customer: str, channel: int) -> None:
+        """Have the block of ``customer`` on ``channel`` looked at when ``until`` passes.
+
+        One entry per block in force, the earliest: a later ``until`` (a hot customer's block is re-decided on
+        every contact) waits until that entry comes due and finds the newer decision. One entry per decision
+        instead grew without bound for a hot key, and each of its stale entries coming due woke a tick.
+        """
+        scheduled = self.expiry_scheduled.setdefault(partition, {})
+        current = scheduled.get((customer, channel))
+        if current is None or until < current:
+            scheduled[(customer, channel)] = until
+            heapq.heappush(self.expiries.setdefault(partition, []), (until, customer, channel))
 
     def _child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, looked up once per label set (values in the metric's label order)."""
@@ -506,6 +519,7 @@ class GuardService:
                 ahead.append(state)
         heapq.heapify(expiries)
         self.expiries[partition] = expiries
+        self.expiry_scheduled[partition] = {(customer, channel): until for until, customer, channel in expiries}
         self.customers[partition] = customers
         log.info("partition %d indexed: %d pending deadlines, %d expiring blocks", partition, len(clock), len(expiries))
         # erasure markers: those committed are no longer needed, the others may be ahead of their tombstones
@@ -614,15 +628,22 @@ class GuardService:
         bound = wall_ms - self.settings.wall_settle_ms
         self._fire_due(partition, bound, "wall_clock", offset)
         expiries = self.expiries.get(partition, [])
+        scheduled = self.expiry_scheduled.get(partition, {})
         while expiries and expiries[0][0] <= bound:
             until, customer, channel = heapq.heappop(expiries)
+            if scheduled.get((customer, channel)) != until:
+                continue  # replaced by an earlier entry, which has come due already
+            del scheduled[(customer, channel)]
             key = customer.encode()
             _, state = self._load(key)
             if state is None:
                 continue
             record = state.emitted[channel]
-            if record is None or record[1]["action"] != "block" or record[1]["until_ms"] != until:
-                continue  # superseded by a newer decision, which has its own entry
+            if record is None or record[1]["action"] != "block" or record[1]["until_ms"] is None:
+                continue  # lifted, or blocked for good since
+            if record[1]["until_ms"] > bound:
+                self._schedule_expiry(partition, record[1]["until_ms"], customer, channel)  # re-decided later
+                continue
             state.emitted[channel] = None
             # stored with the tick's offset: a crash before the tick is committed then finds the state ahead of
             # the topic and re-sends the tombstone (see _repair)
@@ -634,6 +655,7 @@ class GuardService:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
         self.clocks.clear()
         self.expiries.clear()
+        self.expiry_scheduled.clear()
         self.erasures.clear()
         self.tick_pending.clear()
         self.active_blocks.forget()

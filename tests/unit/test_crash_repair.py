@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaTimeoutError
 from faust.types import TP
 
 from fatigue.clock import partition_for_key
-from fatigue.events import Rejection, parse_event
+from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.generate import generate_messages
 from fatigue.testing import DAY, at, policy_named
 from streams.app import CONTROL_HEADER, TICK, GuardService
@@ -520,6 +520,42 @@ def test_a_batch_cancelled_while_its_outputs_are_on_their_way_stores_its_states_
     asyncio.run(run_and_cancel())
     assert seen_at_store == [1], "the state is stored once the block is on the topic"
     assert worker.service.table.get(A.encode()) is not None
+
+
+def test_a_hot_customers_blocks_are_looked_at_when_they_can_end_not_once_per_decision():
+    """A sender calls every minute for a day: the call block (and the all-channel cap's blocks) are re-decided on
+    every contact, a later ``until`` each time. The worker keeps one expiry entry per block in force; wall clock
+    past the first ``until`` finds it re-decided and looks again at the latest one, which is when the tombstone
+    goes out, and nothing is due in between."""
+    calls = [_event(A, f"c{n}", at(0, minutes=n), "contact", channel="call") for n in range(1440)]
+    inputs: dict[int, Input] = {0: calls, 1: [], 2: []}
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    for offset in range(len(calls)):
+        worker.handle(inputs, 0, offset)
+    service = worker.service
+    blocks = [orjson.loads(s.value or b"") for s in worker.world.sent if s.topic == SETTINGS.decisions_topic]
+    latest = {block["channel"]: block["until_ms"] for block in blocks}
+    assert len(blocks) > 1000 and blocks[0]["until_ms"] < latest["call"]
+    assert sorted(channel for _, _, channel in service.expiries[0]) == [0, 1, 2], "one entry per block in force"
+    settle = SETTINGS.wall_settle_ms
+
+    def tick(wall_ms: int) -> list[tuple[bytes | None, bytes | None]]:
+        inputs[0].append(_tick(wall_ms))
+        before = len(worker.world.sent)
+        worker.handle(inputs, 0, len(inputs[0]) - 1)
+        return [(s.key, s.value) for s in worker.world.sent[before:]]
+
+    after_first = blocks[0]["until_ms"] + settle + 1
+    assert service.has_due_work(0, after_first)
+    assert tick(after_first) == [], "re-decided since: no tombstone yet"
+    # the call's entry now waits for its latest until; the all-channel cap's sms and email entries for their first
+    assert (latest["call"], A, 2) in service.expiries[0]
+    assert tick(max(until for until, _, channel in service.expiries[0] if channel != 2) + settle) == []
+    assert not service.has_due_work(0, min(latest.values()) + settle - 1), "nothing due until a latest until"
+    assert sorted(service.expiries[0]) == sorted((until, A, CHANNELS.index(c)) for c, until in latest.items())
+    tombstones = tick(max(latest.values()) + settle)
+    assert sorted(tombstones) == sorted((f"{channel}:{A}".encode(), None) for channel in latest)
+    assert service.expiries[0] == [] and not service.has_due_work(0, max(latest.values()) + 30 * DAY)
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
