@@ -70,11 +70,20 @@ class PartitionClock:
         self.schedule(state)
 
     def schedule(self, state: CustomerState) -> None:
+        """Keep one live entry per customer, at or before its next deadline.
+
+        A later deadline does not get an entry of its own: the earlier one comes due, advancing the customer then
+        changes nothing, and it is scheduled again at its real next deadline. A hot customer's next deadline
+        moves on with every email (its oldest unsettled one is dropped at the cap), and an entry per move grew the
+        heap by one per email, each of them coming due later and waking a wall-clock tick.
+        """
         deadline = state.next_deadline_ms()
         customer = state.customer_id
         if deadline is None:
             self._scheduled.pop(customer, None)
-        elif self._scheduled.get(customer) != deadline:
+            return
+        current = self._scheduled.get(customer)
+        if current is None or deadline < current:
             self._scheduled[customer] = deadline
             heapq.heappush(self._heap, (deadline, customer))
 

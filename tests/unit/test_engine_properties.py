@@ -13,6 +13,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fatigue.clock import PartitionClock
 from fatigue.engine import Guard
 from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.policy import CapRule, Policy
@@ -206,3 +207,39 @@ def test_hot_customer_state_stays_bounded():
     # bounded by the policy, whatever the traffic: it stops growing
     assert max(sizes) < 64_000
     assert max(sizes) - min(sizes) < 0.2 * max(sizes)
+
+
+def test_a_hot_customers_moving_deadline_keeps_one_clock_entry():
+    """An email every minute: at the cap on tracked mail the oldest is dropped and the next deadline moves on
+    with every email. The partition clock keeps one entry for the customer, not one per move; when it comes due
+    (early) advancing changes nothing and the real next deadline is scheduled."""
+    guard = Guard(policy_named("default"))
+    clock = PartitionClock(settle_ms=0)
+    state: CustomerState | None = None
+    moves = 0
+    for index in range(5_000):
+        raw = orjson.dumps(
+            {
+                "type": "contact",
+                "channel": "email",
+                "event_id": f"e{index}",
+                "customer_id": "hot",
+                "ts": T0 + index * 60_000,
+            }
+        )
+        event = parse_event(raw)
+        assert not isinstance(event, Rejection)
+        before = state.next_deadline_ms() if state is not None else None
+        state = guard.process(state, event).state
+        assert state is not None
+        moves += before is not None and state.next_deadline_ms() != before
+        clock.observe(state)
+    assert state is not None and len(state.pending) == guard.policy.max_contacts_per_channel
+    assert moves > 4_000
+    assert len(clock._heap) == 1
+    first, _ = clock._heap[0]
+    assert first < state.next_deadline_ms()  # the entry is early: its due time advances nothing
+    assert list(clock.due(first + 1)) == ["hot"]
+    assert guard.advance(state, first + 1).decisions == []
+    clock.schedule(state)
+    assert clock._heap[-1] == (state.next_deadline_ms(), "hot") and len(clock) == 1
