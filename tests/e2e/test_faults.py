@@ -34,8 +34,9 @@ from tests.e2e.parity import (
     make_messages,
 )
 
-# One hot customer's contacts in the hostile stream. CI runs 20k (the state stops growing within a few thousand);
-# `make soak` runs the same scenario with 1M (FATIGUE_HOT_EVENTS), about 30 minutes here.
+# One hot customer's contacts in the hostile stream: 20k in CI (its state stops growing within a few thousand).
+# FATIGUE_HOT_EVENTS raises it, but this oracle holds every decision in memory, twice (the replay's and the
+# topic's), and a hot customer's carry ~10 KB of evidence each: ~200k fits in a few GB, 1M did not fit in 23 GB.
 HOT_EVENTS = int(os.environ.get("FATIGUE_HOT_EVENTS", "20000"))
 HOT_SPAN_MS = 4 * 86_400_000  # the hot customer's contacts end now, evenly over the 4 days before
 
