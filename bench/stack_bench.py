@@ -318,7 +318,7 @@ def run_ours(
         if decisions < expected.decisions:
             return False
         ends = {topic: broker.end(topic) for topic in (topics["decisions"], topics["prefs"])}
-        committed = broker.committed(run.name, ends)
+        committed = broker.committed(f"{run.name}.redis-view", ends)
         return all(committed[topic] >= end for topic, end in ends.items())  # the Redis view is done
 
     def describe() -> str:
@@ -606,7 +606,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "consuming: faust stream + conductor, aiokafka fetch",
         ("faust/streams", "faust/transport/consumer", "faust/transport/conductor", "aiokafka/consumer/"),
     ),
-    ("Redis view (second agent)", ("streams/redis_view", "/redis/")),
+    ("Redis view (its own consumer)", ("streams/redis_view", "/redis/")),
     ("guard agent glue (streams/app, streams/metrics)", ("streams/app", "streams/metrics")),
 )
 

@@ -5,8 +5,9 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 - Input (``fatigue.events.v1``, keyed by customer_id) carries raw bytes; we decode them ourselves so a bad message
   goes to the dead-letter topic with its reason instead of killing the agent.
 - Per-customer state is a Faust table on RocksDB (rocksdict) with a changelog, co-partitioned with the input.
-- Decisions go to the compacted ``fatigue.blocks.v1`` keyed ``{channel}:{customer_id}``; a second agent
-  materialises that topic into Redis, so a Redis outage only delays Redis and never the guard.
+- Decisions go to the compacted ``fatigue.blocks.v1`` keyed ``{channel}:{customer_id}``; a consumer of its own
+  (:class:`streams.redis_view.ViewConsumer`, group ``{app_id}.redis-view``) materialises that topic and the
+  preferences topic into Redis, so a Redis outage only delays Redis and never the guard.
 - Input is handled in batches; the outputs of a batch go straight to the producer in processing order and are
   delivered before the batch is acknowledged (so before its offsets can be committed): at-least-once, with
   idempotent effects (the core drops redelivered event ids).
@@ -47,7 +48,7 @@ from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
 from streams.metrics import NO_BLOCKS, ActiveBlocks, Metrics, block_untils, install_faust_sensor
-from streams.redis_view import RedisView, block_key, prefs_key
+from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
 from streams.settings import Settings
 
 log = logging.getLogger("fatigue.worker")
@@ -130,6 +131,7 @@ class GuardService:
         # labelled metric children by label values: prometheus_client's labels() costs more than the engine's
         # handling of a plain contact, and the label sets are few
         self._series: dict[tuple[Any, ...], Any] = {}
+        self.views: ViewConsumer | None = None  # follows the output topics into Redis (set by create_app)
 
     # ------------------------------------------------------------------ input agent
 
@@ -695,9 +697,6 @@ class GuardService:
             key=TICK_KEY, value=str(wall_ms).encode(), partition=partition, headers=[(CONTROL_HEADER, TICK)]
         )
 
-    def owned_partitions(self, topic: str) -> list[int]:
-        return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
-
     # ------------------------------------------------------------------ operational gauges
 
     async def refresh_gauges(self) -> None:
@@ -708,12 +707,19 @@ class GuardService:
             assignment = consumer.assignment()
         except Exception:  # the consumer is not started yet (or is restarting): nothing to measure
             return
-        inputs = (self.settings.events_topic, self.settings.decisions_topic, self.settings.prefs_topic)
-        tps = sorted((tp for tp in assignment if tp.topic in inputs), key=lambda tp: (tp.topic, tp.partition))
-        for topic in inputs:
-            self.metrics.assigned_partitions.labels(topic=topic).set(sum(1 for tp in tps if tp.topic == topic))
-        self.metrics.set_consumer_lag(await self._lags(consumer, tps))
-        owned = [tp.partition for tp in tps if tp.topic == inputs[0]]
+        events = self.settings.events_topic
+        tps = sorted((tp for tp in assignment if tp.topic == events), key=lambda tp: tp.partition)
+        self.metrics.assigned_partitions.labels(topic=events).set(len(tps))
+        lags = await self._lags(consumer, tps)
+        if self.views is not None:
+            for topic in self.views.views:
+                self.metrics.assigned_partitions.labels(topic=topic).set(len(self.views.owned_partitions(topic)))
+            try:
+                lags.update(await asyncio.wait_for(self.views.lags(), timeout=5.0))
+            except Exception as error:  # the view's consumer is restarting: its lag shows again next time
+                log.debug("redis view lag unavailable: %s", error)
+        self.metrics.set_consumer_lag(lags)
+        owned = [tp.partition for tp in tps]
         self.metrics.set_state_size(
             {p: self.customers[p] for p in owned if p in self.customers}, self._store_bytes(owned)
         )
@@ -842,18 +848,17 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         async for batch in stream_of_bytes.take_events(settings.input_batch, within=settings.input_batch_wait_s):
             await service.run_batch(batch)  # before take_events acknowledges it
 
-    def materialise(name: str, view: RedisView, topic: faust.TopicT) -> None:
-        """An agent that writes one compacted topic into Redis, a batch at a time (acked after the write)."""
+    views = ViewConsumer(
+        [blocks_view, prefs_view],
+        bootstrap=settings.bootstrap,
+        group_id=settings.redis_view_group,
+        batch=settings.redis_batch,
+    )
+    service.views = views
 
-        async def write_batches(stream: faust.StreamT[bytes]) -> None:
-            async for batch in cast(faust.Stream[bytes], stream).take_events(settings.redis_batch, within=0.1):
-                records = [(e.message.key, e.message.value) for e in batch if e.message.key is not None]
-                await view.apply(records, lambda: service.owned_partitions(view.topic))
-
-        app.agent(topic, concurrency=1, name=name)(write_batches)
-
-    materialise("redis-blocks", blocks_view, service.decisions)
-    materialise("redis-prefs", prefs_view, service.prefs)
+    @app.task
+    async def follow_topics_into_redis() -> None:
+        await views.run()
 
     @app.timer(interval=settings.tick_interval_s)
     async def tick_quiet_partitions() -> None:

@@ -9,6 +9,7 @@ the view is reconciled from the compacted topic: every key we own ends up exactl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -16,7 +17,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from fatigue.clock import partition_for_key
@@ -192,3 +194,125 @@ async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict
         return latest
     finally:
         await consumer.stop()
+
+
+class ViewConsumer:
+    """Keeps Redis following the decisions and preferences topics, with a consumer group of its own.
+
+    Not a Faust agent on purpose. Faust tracks every delivered offset and commits only up to the first one it
+    never saw acknowledged; after a restart or rebalance it delivered some offsets of these topics twice and some
+    never (its read-offset filter drops records behind a stale prefetch), and the group's commits on them then
+    stopped for good while the records went on: the view's lag froze and every restart re-read from there. A
+    Redis write is idempotent (the latest record per key wins), so a plain consumer that commits what it has
+    written is all the view needs: at-least-once, resumed from its own group's offsets, balanced over the workers
+    independently of the guard's input partitions.
+    """
+
+    def __init__(self, views: Sequence[RedisView], *, bootstrap: str, group_id: str, batch: int) -> None:
+        self.views = {view.topic: view for view in views}
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.batch = batch
+        self._consumer: AIOKafkaConsumer | None = None
+        # what is in Redis: per partition, the offset after the last record written (and committed, if it could be)
+        self._written: dict[TopicPartition, int] = {}
+        # held while a batch is written and committed; a revocation waits for it, so once a partition has moved
+        # to another worker this one writes nothing more of it (an older record cannot overwrite a newer one)
+        self._batch_lock = asyncio.Lock()
+
+    def owned_partitions(self, topic: str) -> list[int]:
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        return sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+
+    async def run(self) -> None:
+        """Consume until cancelled. A Kafka failure restarts the consumer after a pause; it never ends the worker."""
+        delay = 1.0
+        while True:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self.batch,
+            )
+            try:
+                consumer.subscribe(list(self.views), listener=_WaitForBatch(self))
+                await consumer.start()
+                self._consumer = consumer
+                log.info("redis view consuming %s as group %s", sorted(self.views), self.group_id)
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
+                    if batches:
+                        await self._write_and_commit(consumer, batches)
+                    delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a broker outage, a fenced member: start over from the committed offsets
+                log.warning(
+                    "redis view consumer failed (%s: %s); restarting in %.0fs", type(error).__name__, error, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                self._consumer = None
+                self._written.clear()
+                try:
+                    await consumer.stop()
+                except Exception as error:  # already broken: nothing more to release
+                    log.debug("stopping the redis view consumer: %s", error)
+
+    async def _write_and_commit(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
+        async with self._batch_lock:
+            assigned = consumer.assignment()
+            for tp, messages in batches.items():
+                if tp not in assigned:  # revoked while this batch was fetched: its new owner writes it
+                    continue
+                view = self.views[tp.topic]
+                records = [(message.key, message.value) for message in messages if message.key is not None]
+                await view.apply(records, functools.partial(self.owned_partitions, tp.topic))
+                self._written[tp] = messages[-1].offset + 1
+            offsets = {tp: self._written[tp] for tp in batches if tp in self._written and tp in assigned}
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as error:
+                # the group moved on (rebalance, fenced): the records are written, the next owner writes them again
+                log.info(
+                    "redis view commit failed (%s: %s); the records will be written again", type(error).__name__, error
+                )
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._batch_lock:  # the batch in hand is written (and committed) first
+            for tp in revoked:
+                self._written.pop(tp, None)
+
+    async def lags(self) -> dict[tuple[str, int], int]:
+        """Records not yet in Redis, per assigned partition of the view's topics."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        tps = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+        if not tps:
+            return {}
+        ends = await consumer.end_offsets(tps)
+        lags: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            done = self._written.get(tp)
+            if done is None:
+                done = await consumer.committed(tp) or 0
+            lags[(tp.topic, tp.partition)] = max(ends[tp] - done, 0)
+        return lags
+
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, owner: ViewConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.owner.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("redis view assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

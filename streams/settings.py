@@ -57,6 +57,11 @@ class Settings:
     def datadir(self) -> Path:
         return Path(self.data_dir)
 
+    @property
+    def redis_view_group(self) -> str:
+        """The consumer group that follows the decisions and preferences topics into Redis."""
+        return f"{self.app_id}.redis-view"
+
 
 _ENV = {
     "bootstrap": "FATIGUE_BOOTSTRAP",

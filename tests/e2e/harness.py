@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -208,12 +209,14 @@ class GuardDeployment:
             consumer.close()
 
     def _group_offsets(self, admin: KafkaAdminClient) -> dict[Any, Any]:
-        """The group's committed offsets; none yet while the group (or, on a fresh broker, the offsets topic
-        behind every group) does not exist."""
-        try:
-            return dict(admin.list_group_offsets({self.name: None}).get(self.name, {}))
-        except KafkaError:
-            return {}
+        """The committed offsets of the guard's group (input) and of its Redis view's group (decisions and
+        preferences topics); none yet while a group (or, on a fresh broker, the offsets topic behind every group)
+        does not exist."""
+        offsets: dict[Any, Any] = {}
+        for group in (self.name, f"{self.name}.redis-view"):
+            with contextlib.suppress(KafkaError):
+                offsets.update(admin.list_group_offsets({group: None}).get(group, {}))
+        return offsets
 
     def log_tail(self, worker: str = "w1", lines: int = 60) -> str:
         path = self.workdir / f"{worker}.log"
@@ -243,6 +246,7 @@ class GuardDeployment:
         try:
             deadline = time.monotonic() + timeout_s
             last_ends: dict[Any, int] | None = None
+            behind: dict[str, tuple[int | None, int]] = {}
             stable_since = time.monotonic()
             while time.monotonic() < deadline:
                 for worker, process in self.workers.items():
@@ -256,14 +260,21 @@ class GuardDeployment:
                 ]
                 ends = consumer.end_offsets(tps)
                 committed = self._group_offsets(admin)
-                caught_up = all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in tps)
-                if ends != last_ends or not caught_up:
+                behind = {
+                    f"{tp.topic}[{tp.partition}]": (committed[tp].offset if tp in committed else None, ends[tp])
+                    for tp in tps
+                    if ends[tp] > 0 and (tp not in committed or committed[tp].offset < ends[tp])
+                }
+                if ends != last_ends or behind:
                     last_ends = ends
                     stable_since = time.monotonic()
                 elif time.monotonic() - stable_since >= stable_s:
                     return
                 time.sleep(1.0)
-            raise AssertionError(f"guard did not settle in {timeout_s}s:\n{self.log_tail()}")
+            raise AssertionError(
+                f"guard did not settle in {timeout_s}s; (committed, end) of the partitions behind: {behind}\n"
+                f"{self.log_tail()}"
+            )
         finally:
             consumer.close()
             admin.close()

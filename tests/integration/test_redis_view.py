@@ -1,16 +1,19 @@
-"""The Redis view on the real Redis: a batch of decision records leaves exactly each key's last record."""
+"""The Redis view on the real stack: a batch of decision records leaves exactly each key's last record, and the
+view's own consumer commits what it wrote and resumes there."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import orjson
 import redis
 import redis.asyncio as aioredis
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from streams.metrics import Metrics
-from streams.redis_view import RedisView, block_key
+from streams.redis_view import RedisView, ViewConsumer, block_key
 
 
 def _block(customer: str, until_ms: int) -> bytes:
@@ -55,3 +58,82 @@ def test_a_batch_writes_each_keys_last_record_once(redis_url: str, redis_client:
     assert redis_client.get(block_key(prefix, b"sms:allowed")) is None
     writes = {op: metrics.registry.get_sample_value("fatigue_redis_writes_total", {"op": op}) for op in ("set", "del")}
     assert writes == {"set": 1, "del": 2}, "one command per key"
+
+
+def _view(client: aioredis.Redis, topic: str, bootstrap: str, prefix: str, metrics: Metrics) -> RedisView:
+    return RedisView(
+        client,
+        topic=topic,
+        bootstrap=bootstrap,
+        partitions=2,
+        redis_key=lambda key: block_key(prefix, key),
+        scan_pattern=f"{prefix}:block:*",
+        expiring=True,
+        metrics=metrics,
+    )
+
+
+def _follow_until_done(redis_url: str, topic: str, bootstrap: str, prefix: str, group: str) -> Metrics:
+    """Run a ViewConsumer until Redis has everything on ``topic`` (its lag is 0 everywhere), then stop it."""
+    metrics = Metrics()
+
+    async def follow() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        views = ViewConsumer(
+            [_view(client, topic, bootstrap, prefix, metrics)], bootstrap=bootstrap, group_id=group, batch=50
+        )
+        task = asyncio.create_task(views.run())
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                lags = await views.lags()
+                if len(lags) == 2 and not any(lags.values()):
+                    return
+                assert time.monotonic() < deadline, f"the view did not catch up: {lags}"
+                await asyncio.sleep(0.2)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.aclose()
+
+    asyncio.run(follow())
+    return metrics
+
+
+def test_the_view_consumer_writes_what_it_commits_and_resumes_there(
+    bootstrap_servers: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    redis_key_prefix: str,
+    topic_factory: Callable[..., str],
+    kafka_admin: KafkaAdminClient,
+):
+    prefix = redis_key_prefix.rstrip(":")
+    topic = topic_factory("blocks", partitions=2, config={"cleanup.policy": "compact"})
+    group = f"{prefix}.redis-view"
+    now_ms = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+    first = [(f"sms:c{i}".encode(), _block(f"c{i}", now_ms + 600_000)) for i in range(300)]
+    first.append((b"sms:c7", None))  # lifted again
+    for key, value in first:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+
+    _follow_until_done(redis_url, topic, bootstrap_servers, prefix, group)
+    held = {key for key in redis_client.scan_iter(match=f"{prefix}:block:*", count=1000)}
+    assert held == {block_key(prefix, f"sms:c{i}".encode()).encode() for i in range(300) if i != 7}
+    committed = kafka_admin.list_group_offsets({group: None})[group]
+    ends = KafkaConsumer(bootstrap_servers=bootstrap_servers).end_offsets(list(committed))
+    assert sum(meta.offset for meta in committed.values()) == len(first) == sum(ends.values())
+
+    # a second run resumes from its group's offsets: only the new record is written (besides the reconcile a
+    # fresh process does of the latest record per key on its first write)
+    producer.send(topic, key=b"sms:c8", value=None)
+    producer.flush()
+    producer.close()
+    metrics = _follow_until_done(redis_url, topic, bootstrap_servers, prefix, group)
+    assert redis_client.get(block_key(prefix, b"sms:c8")) is None
+    writes = {op: metrics.registry.get_sample_value("fatigue_redis_writes_total", {"op": op}) for op in ("set", "del")}
+    assert writes == {"set": 298, "del": 2 + 1}, "the reconcile's 298 blocks and 2 tombstones, then the one new record"
+    committed = kafka_admin.list_group_offsets({group: None})[group]
+    assert sum(meta.offset for meta in committed.values()) == len(first) + 1
