@@ -47,6 +47,7 @@ from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
+from streams import store as restoring_store
 from streams.metrics import NO_BLOCKS, ActiveBlocks, Metrics, block_untils, install_faust_sensor
 from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
 from streams.settings import Settings
@@ -106,6 +107,7 @@ class GuardService:
         # restores a partition from the changelog (new host, wiped data dir, rebalance) silently gets no state.
         self.table = app.Table(
             "customer-state-v1",
+            store=restoring_store.store_url("customer-state-v1"),  # Faust's, but rebuilds a corrupt partition
             default=None,
             key_type=bytes,
             value_type=bytes,
