@@ -48,6 +48,7 @@ from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
 from streams import store as restoring_store
+from streams.commit_watch import CommitWatch
 from streams.metrics import NO_BLOCKS, ActiveBlocks, Metrics, block_untils, install_faust_sensor
 from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
 from streams.settings import Settings
@@ -70,6 +71,8 @@ _OFFSET_BYTES = 8
 _PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
 # how often lag, state size and active blocks are refreshed (a scrape every 15s sees fresh values)
 _GAUGE_INTERVAL_S = 5.0
+# an input partition whose commits have not moved for this long, with nothing of it in flight, is re-read
+_INPUT_STALL_S = 15.0
 
 
 # an output record: topic, key, value (None: a tombstone), headers, partition (None: by key)
@@ -134,6 +137,8 @@ class GuardService:
         # handling of a plain contact, and the label sets are few
         self._series: dict[tuple[Any, ...], Any] = {}
         self.views: ViewConsumer | None = None  # follows the output topics into Redis (set by create_app)
+        self.commit_watch = CommitWatch(stall_s=_INPUT_STALL_S)
+        self.in_batch = False
 
     # ------------------------------------------------------------------ input agent
 
@@ -166,6 +171,13 @@ class GuardService:
 
     async def run_batch(self, events: Sequence[EventT[bytes]]) -> None:
         """One input batch as the agent runs it: handle it, deliver its outputs, then store the changed states."""
+        self.in_batch = True
+        try:
+            await self._run_batch(events)
+        finally:
+            self.in_batch = False
+
+    async def _run_batch(self, events: Sequence[EventT[bytes]]) -> None:
         try:
             self.handle_batch(events)
         finally:
@@ -657,6 +669,7 @@ class GuardService:
 
     def partitions_changed(self) -> None:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
+        self.commit_watch.forget()
         self.clocks.clear()
         self.expiries.clear()
         self.expiry_scheduled.clear()
@@ -698,6 +711,46 @@ class GuardService:
         self.events.send_soon(
             key=TICK_KEY, value=str(wall_ms).encode(), partition=partition, headers=[(CONTROL_HEADER, TICK)]
         )
+
+    async def reread_stalled_inputs(self) -> None:
+        """Re-read, from its committed offset, every input partition whose commits Faust has stopped advancing
+        (see :mod:`streams.commit_watch`)."""
+        if self.in_batch or getattr(self.app, "rebalancing", False) or getattr(self.app, "in_recovery", False):
+            return
+        consumer: Any = self.app.consumer
+        # Faust's own bookkeeping, not public API: committed and last delivered offsets per partition, the
+        # messages delivered and not yet acknowledged, and the acknowledged offsets it builds commits from
+        committed_offsets = getattr(consumer, "_committed_offset", None)
+        read_offsets = getattr(consumer, "_read_offset", None)
+        unacked = getattr(consumer, "_unacked_messages", None)
+        if committed_offsets is None or read_offsets is None or unacked is None:
+            return
+        in_flight = {message.tp for message in list(unacked)}
+        now = time.monotonic()
+        for tp in consumer.assignment():
+            if tp.topic != self.settings.events_topic:
+                continue
+            committed = committed_offsets.get(tp)
+            read = read_offsets.get(tp)
+            end = consumer.highwater(tp)
+            if not self.commit_watch.stuck(
+                tp, committed=committed, read=read, end=end, in_flight=tp in in_flight, now=now
+            ):
+                continue
+            log.warning(
+                "input partition %d: commits stuck at offset %s for %.0fs while offsets up to %s were delivered "
+                "and acknowledged as far as they came; re-reading from %s (handled events come back as duplicates)",
+                tp.partition,
+                committed,
+                _INPUT_STALL_S,
+                read,
+                committed,
+            )
+            for book in ("_acked", "_acked_index", "_gap"):
+                getattr(consumer, book, {}).pop(tp, None)
+            await consumer.seek(tp, committed)
+            self.commit_watch.forget(tp)
+            self.metrics.input_rereads.inc()
 
     # ------------------------------------------------------------------ operational gauges
 
@@ -871,6 +924,10 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
 
     def forget_indexes(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         service.partitions_changed()
+
+    @app.timer(interval=_GAUGE_INTERVAL_S)
+    async def reread_stalled_inputs() -> None:
+        await service.reread_stalled_inputs()
 
     @app.timer(interval=_GAUGE_INTERVAL_S)
     async def refresh_gauges() -> None:

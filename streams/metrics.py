@@ -74,6 +74,11 @@ class Metrics:
         self.redis_writes = Counter("fatigue_redis_writes_total", "Redis keys written or deleted", ["op"], registry=r)
         self.redis_failures = Counter("fatigue_redis_failures_total", "Failed Redis batches (retried)", registry=r)
         self.redis_reconciles = Counter("fatigue_redis_reconciles_total", "Full Redis reconciliations", registry=r)
+        self.input_rereads = Counter(
+            "fatigue_input_rereads_total",
+            "Input partitions re-read from their committed offset because Faust's commits on them had stalled",
+            registry=r,
+        )
         self.state_bytes = Histogram(
             "fatigue_state_bytes",
             "Serialised per-customer state size",

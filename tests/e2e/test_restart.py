@@ -8,6 +8,8 @@ are then compared with ``Replay`` of the whole stream, as in the parity tests:
   from the changelog), and decisions (as a multiset), dead letters, violations, Redis blocks and prefs equal
   replay exactly: nothing counted twice, nothing lost;
 - graceful restart with the data directory wiped: state comes from the changelog topic alone; same equalities;
+- graceful restart with one partition's database corrupt: it is set aside and that partition alone is restored
+  from the changelog; same equalities;
 - SIGKILL mid-stream, same data directory: at-least-once. Decisions may be sent again and redelivered input
   dead-lettered again (as ``duplicate``/``late``, or the same rejection), only for input not committed at the
   kill. The crashed worker's state has run ahead of its outputs; on restart it re-sends, for every customer
@@ -31,6 +33,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -93,8 +96,23 @@ def _indexed(log: str) -> tuple[int, int]:
     return sum(p for p, _ in first.values()), sum(b for _, b in first.values())
 
 
-def _first_half_then_restart(deployment: GuardDeployment, messages: Messages, wipe: bool) -> tuple[int, float]:
-    """Run w1 over the first half to quiescence, stop it gracefully, optionally wipe its data directory, produce
+def _corrupt_partition_database(data_dir: Path, partition: int) -> Path:
+    """Damage one partition's RocksDB as a SIGKILL once left it: its MANIFEST names table files that are gone."""
+    (database,) = data_dir.rglob(f"customer-state-v1-{partition}.db")
+    tables = list(database.glob("*.sst"))
+    for table in tables:
+        table.unlink()
+    if not tables:  # nothing flushed yet: garble the MANIFEST instead
+        for manifest in database.glob("MANIFEST-*"):
+            manifest.write_bytes(b"\x00garbage" * 8)
+    return database
+
+
+def _first_half_then_restart(
+    deployment: GuardDeployment, messages: Messages, wipe: bool, corrupt: int | None = None
+) -> tuple[int, float]:
+    """Run w1 over the first half to quiescence, stop it gracefully, optionally wipe its data directory (or corrupt
+    the database of partition ``corrupt``), produce
     the second half and restart w1 (same name, so same data directory).
 
     Returns where the restarted run's log starts and when the test started (monotonic).
@@ -125,6 +143,9 @@ def _first_half_then_restart(deployment: GuardDeployment, messages: Messages, wi
     if wipe:
         shutil.rmtree(data_dir)
         print(f"  SIGTERM w1 (exit {exit_code}), wiped its data directory {data_dir.name}/")
+    elif corrupt is not None:
+        database = _corrupt_partition_database(data_dir, corrupt)
+        print(f"  SIGTERM w1 (exit {exit_code}), corrupted {database.name} (its MANIFEST names missing files)")
     else:
         print(f"  SIGTERM w1 (exit {exit_code}), kept its data directory {data_dir.name}/")
 
@@ -163,6 +184,31 @@ def test_graceful_restart_resumes_from_rocksdb_without_recounting(
     assert not _repaired(log), "a graceful stop commits everything it handled: nothing can be ahead of the outputs"
     assert "Error in recovery" not in log  # faust skips a changelog record it cannot decode and goes on
     assert "Traceback" not in deployment.log_since("w1", 0)
+
+
+@pytest.mark.slow
+def test_a_corrupt_partition_database_is_restored_from_changelog(deployment_factory: Callable[..., GuardDeployment]):
+    deployment = deployment_factory()
+    deployment.create_topics()
+    messages = make_messages(EVENTS, CUSTOMERS, seed=29)
+    corrupt = 2
+    log_offset, started = _first_half_then_restart(deployment, messages, wipe=False, corrupt=corrupt)
+
+    expected = assert_exact_parity(deployment, messages, min_blocks=MIN_BLOCKS)
+    log = deployment.log_since("w1", log_offset)
+    highwater, starts = _recovery(log)
+    print(
+        f"restarted w1 (partition {corrupt}'s database corrupt), whole stream: decisions "
+        f"({sum(expected.decisions.values())}, as a multiset), dead letters, violations, {len(expected.blocks)} "
+        f"Redis blocks and prefs equal replay exactly\n"
+        f"  recovery: changelog last offsets {highwater}, read from {starts}; {time.monotonic() - started:.0f}s"
+    )
+    assert f"partition {corrupt}: the local state database is corrupt" in log
+    assert len(list(deployment.data_dir("w1").rglob(f"customer-state-v1-{corrupt}.db.corrupt-*"))) == 1
+    # only the corrupt partition was restored from the changelog; the others resumed from their local databases
+    assert starts[corrupt] == -1 < highwater[corrupt], (highwater, starts)
+    assert all(starts[p] == highwater[p] for p in highwater if p != corrupt), (highwater, starts)
+    assert "Traceback" not in log
 
 
 @pytest.mark.slow
