@@ -739,7 +739,7 @@ class GuardService:
                 continue
             log.warning(
                 "input partition %d: commits stuck at offset %s for %.0fs while offsets up to %s were delivered "
-                "and acknowledged as far as they came; re-reading from %s (handled events come back as duplicates)",
+                "and acknowledged as far as they came; re-reading from %s (records handled already are skipped)",
                 tp.partition,
                 committed,
                 _INPUT_STALL_S,

@@ -8,9 +8,10 @@ and, if they were dropped, neither do their blocks. Seen on the real stack in th
 
 The watch is deliberately conservative. A partition counts as stuck only when Faust has delivered at or past its
 committed offset, nothing of it is in flight (delivered and not yet acknowledged), the agent is not in a batch,
-and the committed offset has not moved for ``stall_s``. The cure is a re-read from the committed offset, which
-is at-least-once like any redelivery: an event handled before comes back as a ``duplicate`` dead letter, and one
-that was dropped is handled now.
+and the committed offset has not moved for ``stall_s``. The cure is a re-read from the committed offset with
+Faust's acknowledgement bookkeeping for the partition cleared, so its commits count again. Records this process
+handled already are skipped on the way (the service remembers its last handled offset per partition), so a
+record Faust skipped *below* that offset is not recovered by this: that gap is known and open.
 """
 
 from __future__ import annotations
