@@ -725,7 +725,9 @@ class GuardService:
         unacked = getattr(consumer, "_unacked_messages", None)
         if committed_offsets is None or read_offsets is None or unacked is None:
             return
-        in_flight = {message.tp for message in list(unacked)}
+        # Faust leaves a message it acknowledged below the committed offset in that set for good (a stale
+        # delivery from before a rebalance): only unacknowledged ones are in flight
+        in_flight = {message.tp for message in list(unacked) if not message.acked}
         now = time.monotonic()
         for tp in consumer.assignment():
             if tp.topic != self.settings.events_topic:
