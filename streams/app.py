@@ -8,6 +8,8 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 - Decisions go to the compacted ``fatigue.blocks.v1`` keyed ``{channel}:{customer_id}``; a consumer of its own
   (:class:`streams.redis_view.ViewConsumer`, group ``{app_id}.redis-view``) materialises that topic and the
   preferences topic into Redis, so a Redis outage only delays Redis and never the guard.
+- Input reaches the agent through Faust's consumer with an offset gate (:mod:`streams.input_gate`): each input
+  partition's records arrive in sequence, once, and a stale fetch is re-fetched instead of skipped.
 - Input is handled in batches; the outputs of a batch go straight to the producer in processing order and are
   delivered before the batch is acknowledged (so before its offsets can be committed): at-least-once, with
   idempotent effects (the core drops redelivered event ids).
@@ -49,6 +51,7 @@ from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
 from streams import store as restoring_store
 from streams.commit_watch import CommitWatch
+from streams.input_gate import HoleListener, Verdict, gated_consumer_class
 from streams.metrics import NO_BLOCKS, ActiveBlocks, Metrics, block_untils, install_faust_sensor
 from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
 from streams.settings import Settings
@@ -850,6 +853,31 @@ def _tick_time(value: bytes | None) -> int:
         return 0
 
 
+def _hole_logger(metrics: Metrics) -> HoleListener:
+    def on_hole(tp: TP, expected: int, offset: int, verdict: Verdict) -> None:
+        if verdict is Verdict.SEEK:
+            log.info(
+                "input partition %d: fetched offset %d while %d is next (a stale fetch): seeking back to %d",
+                tp.partition,
+                offset,
+                expected,
+                expected,
+            )
+            metrics.input_holes.labels(action="reread").inc()
+        else:
+            log.warning(
+                "input partition %d: offsets %d..%d are still missing after re-fetching; taking them as deleted "
+                "(retention) or transaction markers and reading on from %d",
+                tp.partition,
+                expected,
+                offset - 1,
+                offset,
+            )
+            metrics.input_holes.labels(action="accepted").inc()
+
+    return on_hole
+
+
 def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = None) -> tuple[faust.App, GuardService]:
     """Build the Faust app and its service from settings (the composition root)."""
     metrics = metrics or Metrics(max_sender_labels=settings.sender_label_limit)
@@ -874,6 +902,9 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         web_host=settings.web_host,
         autodiscover=False,
     )
+    # keeps Faust from skipping input records it has not delivered (see streams/input_gate.py); set before
+    # anything creates the consumer
+    cast(Any, app.transport).Consumer = gated_consumer_class([settings.events_topic], _hole_logger(metrics))
     install_faust_sensor(app, metrics.registry)  # faust's rebalance/commit/send metrics on the same /metrics
     service = GuardService(settings, policy, app, metrics)
     redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)

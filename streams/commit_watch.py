@@ -1,17 +1,18 @@
 """Spots input partitions whose commits Faust has stopped advancing for good, so the worker can re-read them.
 
 Faust commits an input partition only up to the first offset it has not seen acknowledged. After a rebalance or a
-restart it sometimes delivers an offset twice, or moves its read offset past offsets it then never delivers (a
-stale prefetch; its read-offset filter drops the re-fetched records behind it). From then on the committed offset
-stays where it is while the records behind the read offset may never have been handled: the lag never clears
-and, if they were dropped, neither do their blocks. Seen on the real stack in the SIGKILL and two-worker fault tests.
+restart it used to deliver an offset twice, or move its read offset past offsets it then never delivered (a stale
+fetch; its read-offset filter dropped the re-fetched records behind it), and from then on the committed offset
+stayed where it was. Seen on the real stack in the SIGKILL and two-worker fault tests. The input gate
+(:mod:`streams.input_gate`) now keeps both from reaching Faust's delivery loop; this watch stays as a safety net
+for whatever else can leave Faust's acknowledgement bookkeeping behind.
 
 The watch is deliberately conservative. A partition counts as stuck only when Faust has delivered at or past its
 committed offset, nothing of it is in flight (delivered and not yet acknowledged), the agent is not in a batch,
 and the committed offset has not moved for ``stall_s``. The cure is a re-read from the committed offset with
 Faust's acknowledgement bookkeeping for the partition cleared, so its commits count again. Records this process
-handled already are skipped on the way (the service remembers its last handled offset per partition), so a
-record Faust skipped *below* that offset is not recovered by this: that gap is known and open.
+handled already are skipped on the way (the service remembers its last handled offset per partition); with the
+gate in place every offset up to that one was delivered and handled.
 """
 
 from __future__ import annotations

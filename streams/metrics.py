@@ -79,6 +79,15 @@ class Metrics:
             "Input partitions re-read from their committed offset because Faust's commits on them had stalled",
             registry=r,
         )
+        self.input_holes = Counter(
+            "fatigue_input_holes_total",
+            "Input records fetched ahead of the next expected offset: 'reread' seeks back to fetch the missing "
+            "ones again (a stale fetch), 'accepted' delivers from there (the records before it no longer exist)",
+            ["action"],
+            registry=r,
+        )
+        for action in ("reread", "accepted"):
+            self.input_holes.labels(action=action)  # exported at 0 from the start, so increase() sees the first
         self.state_bytes = Histogram(
             "fatigue_state_bytes",
             "Serialised per-customer state size",

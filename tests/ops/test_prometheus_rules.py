@@ -24,6 +24,7 @@ REQUIRED_ALERTS = {
     "FatigueGuardConsumerLagGrowing",
     "FatigueGuardDeadLetterRate",
     "FatigueGuardRedisSinkFailing",
+    "FatigueGuardInputSkipped",
     "FatigueGuardViolationSpike",
 }
 
