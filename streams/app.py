@@ -157,14 +157,26 @@ class GuardService:
         """
         self.batch = {}
         self.outbox = []
+        generation = self.app.consumer_generation_id
+        owned: set[Any] | None = None
+        moved = 0
         try:
             for event in events:
+                if event.message.generation_id != generation:
+                    # Faust's take buffer hands over what it held from before a rebalance. A partition that went to
+                    # another worker is theirs: states written here would interleave with theirs in the changelog.
+                    owned = self.app.consumer.assignment() if owned is None else owned
+                    if event.message.tp not in owned:
+                        moved += 1
+                        continue
                 # Faust's table and store find the partition of a write from the current event, which its batching
                 # (take) does not set for the agent (faust #497): set it, as its own per-message iteration does.
                 _current_event.set(weakref.ref(event))
                 self.handle(event)
         finally:
             self.pending, self.batch = self.batch, None
+            if moved:
+                log.info("%d input records of partitions that moved to another worker left to their new owner", moved)
 
     def write_back(self) -> None:
         """Store the states the batch just handled changed (after its outputs were delivered)."""
