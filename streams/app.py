@@ -866,24 +866,31 @@ def _tick_time(value: bytes | None) -> int:
 
 
 def _hole_logger(metrics: Metrics) -> HoleListener:
+    markers_logged: set[int] = set()
+
     def on_hole(tp: TP, expected: int, offset: int, verdict: Verdict) -> None:
         if verdict is Verdict.SEEK:
             log.info(
                 "input partition %d: fetched offset %d while %d is next (a stale fetch): seeking back to %d",
-                tp.partition,
-                offset,
-                expected,
-                expected,
+                *(tp.partition, offset, expected, expected),
             )
             metrics.input_holes.labels(action="reread").inc()
+        elif offset - expected == 1:
+            # a producer's transaction leaves its commit marker at one offset no consumer ever sees: normal for a
+            # transactional sender, so logged once per partition
+            if tp.partition not in markers_logged:
+                markers_logged.add(tp.partition)
+                log.info(
+                    "input partition %d: offset %d does not exist (a transaction marker); further ones are only "
+                    'counted, in fatigue_input_holes_total{action="marker"}',
+                    *(tp.partition, expected),
+                )
+            metrics.input_holes.labels(action="marker").inc()
         else:
             log.warning(
-                "input partition %d: offsets %d..%d are still missing after re-fetching; taking them as deleted "
-                "(retention) or transaction markers and reading on from %d",
-                tp.partition,
-                expected,
-                offset - 1,
-                offset,
+                "input partition %d: offsets %d..%d no longer exist (deleted by retention before they were read?); "
+                "reading on from %d",
+                *(tp.partition, expected, offset - 1, offset),
             )
             metrics.input_holes.labels(action="accepted").inc()
 

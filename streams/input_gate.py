@@ -9,13 +9,17 @@ compacted topics and transaction markers) and drops the re-fetched records ``C .
 are never handled and, with the gap counted as acknowledged, the commits even move past them. Seen on the real
 stack after restarts: decisions of a few hundred events missing, ``DROPPED MESSAGE ROFF`` in Faust's dev log.
 
-The input topic (ours, not compacted, written without transactions) has no holes, so the gate expects every
-partition's offsets to follow one another. A record behind the expected offset is a repeat and is dropped. A record
-ahead of it is stale or the fetch skipped: it is dropped, and the partition is sought back to the expected offset
-so aiokafka fetches the missing records again (aiokafka discards what it buffered for the old position). Records
-of the same batch behind the seek are stale too and dropped. Only when fetches that started after several seeks
-still begin past the expected offset is the hole taken as real (records deleted by retention, a producer's
-transaction markers) and the records delivered from there on.
+The gate sits between aiokafka's fetches and Faust's delivery loop, for the input topic only (changelogs are
+compacted: their holes are real). Every partition's offsets are delivered in sequence, once:
+
+- a record behind the next expected offset is a repeat: dropped;
+- a record ahead of it, in a fetch that was under way when the partition was last sought (by Faust, the commit
+  watch or the gate), may have been taken from aiokafka before that seek: dropped, and the partition is sought
+  back to the expected offset (aiokafka then discards whatever it buffered for another position), so the next
+  fetch brings the missing records;
+- a record ahead of it in a fetch begun after the last seek is what aiokafka read from the expected position on:
+  the records in between do not exist (a producer's transaction markers, records deleted by retention before they
+  were read), and reading goes on from there.
 
 :class:`InputOffsetGate` is the decision, pure and unit-tested as timelines; :func:`gated_consumer_class` fits
 it into Faust's aiokafka consumer.
@@ -26,7 +30,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -34,41 +37,37 @@ from faust.types import TP, Message
 
 log = logging.getLogger("fatigue.worker")
 
-# seeks back, each in a later fetch than the one before, before a hole in the input is taken as real
-SEEKS_BEFORE_ACCEPTING_A_HOLE = 3
-
 
 class Verdict(enum.Enum):
     DELIVER = "deliver"  # the expected record
-    DROP = "drop"  # a repeat, or a stale record behind a seek this gate asked for
-    SEEK = "seek"  # a hole: drop the record and seek the partition back to the expected offset
-    ACCEPT_HOLE = "accept_hole"  # a hole that survived the seeks: deliver, the records before it do not exist
-
-
-@dataclass(slots=True)
-class _Seek:
-    offset: int  # where the gate sought the partition to
-    fetch: int  # the fetch during which it did
-    count: int  # seeks to this offset so far
+    DROP = "drop"  # a repeat, or a stale record in a fetch the gate already sought back from
+    SEEK = "seek"  # ahead of the expected offset in a fetch taken before a seek: drop it and seek back
+    ACCEPT_HOLE = "accept_hole"  # ahead of it in a fetch taken after the last seek: the records between do not exist
 
 
 class InputOffsetGate:
-    """Per partition, the next offset to deliver; decides for each fetched record (``fetch`` numbers the fetches,
-    one per call of Faust's ``getmany``, increasing)."""
+    """Per partition, the next offset to deliver; decides for each fetched record.
 
-    def __init__(self, seeks_before_accepting_a_hole: int = SEEKS_BEFORE_ACCEPTING_A_HOLE) -> None:
-        self.seeks_before_accepting_a_hole = seeks_before_accepting_a_hole
+    ``fetch`` numbers the fetches (one per call of Faust's ``getmany``, increasing), and every seek is recorded
+    with the number of the fetch under way when it happened. A record ahead of the expected offset in a fetch
+    that began after the partition's last seek is what aiokafka read from the expected position on, so the
+    records in between do not exist (retention, transaction markers). One in a fetch that was under way at the
+    seek may have been taken from aiokafka before it: stale.
+    """
+
+    def __init__(self) -> None:
         self._next: dict[Hashable, int] = {}
-        self._seeks: dict[Hashable, _Seek] = {}
+        self._last_seek_fetch: dict[Hashable, int] = {}
+        self._own_seek_fetch: dict[Hashable, int] = {}
 
     def expected(self, tp: Hashable) -> int | None:
         return self._next.get(tp)
 
-    def sought(self, offsets: Iterable[tuple[Hashable, int | None]]) -> None:
-        """The consumer was sought (by Faust or the commit watch): deliver from there (``None``: from whatever
-        comes first, the group has no committed offset yet)."""
+    def sought(self, offsets: Iterable[tuple[Hashable, int | None]], fetch: int) -> None:
+        """The consumer was sought (by Faust or the commit watch) during ``fetch``: deliver from there (``None``:
+        from whatever comes first, the group has no committed offset yet)."""
         for tp, offset in offsets:
-            self._seeks.pop(tp, None)
+            self._last_seek_fetch[tp] = fetch
             if offset is None or offset < 0:
                 self._next.pop(tp, None)
             else:
@@ -78,28 +77,26 @@ class InputOffsetGate:
         """Partitions revoked: whoever gets them next starts from the committed offset."""
         for tp in tps:
             self._next.pop(tp, None)
-            self._seeks.pop(tp, None)
+            self._last_seek_fetch.pop(tp, None)
+            self._own_seek_fetch.pop(tp, None)
 
     def admit(self, tp: Hashable, offset: int, fetch: int) -> Verdict:
         expected = self._next.get(tp)
         if expected is None or offset == expected:
             self._next[tp] = offset + 1
-            self._seeks.pop(tp, None)
             return Verdict.DELIVER
         if offset < expected:
             return Verdict.DROP
-        seek = self._seeks.get(tp)
-        if seek is None or seek.offset != expected:
-            self._seeks[tp] = _Seek(expected, fetch, 1)
-            return Verdict.SEEK
-        if seek.fetch >= fetch:
-            return Verdict.DROP  # taken from aiokafka before the seek
-        if seek.count < self.seeks_before_accepting_a_hole:
-            seek.fetch, seek.count = fetch, seek.count + 1
-            return Verdict.SEEK
-        self._next[tp] = offset + 1
-        del self._seeks[tp]
-        return Verdict.ACCEPT_HOLE
+        last_seek = self._last_seek_fetch.get(tp)
+        if last_seek is None or fetch > last_seek:
+            self._next[tp] = offset + 1
+            return Verdict.ACCEPT_HOLE
+        if self._own_seek_fetch.get(tp) == fetch:
+            return Verdict.DROP
+        # Seeking again is belt and braces: whoever sought last already moved aiokafka to the expected offset.
+        # It also makes the next fetch the one that decides.
+        self._own_seek_fetch[tp] = fetch
+        return Verdict.SEEK
 
 
 # (partition, expected offset, offset fetched, verdict): for logs and metrics
@@ -136,6 +133,7 @@ class GatedConsumer(faust_aiokafka.Consumer):
                 assert expected is not None
                 self._notify(tp, expected, message.offset, verdict)
                 await self._seek(tp, expected)  # aiokafka's seek only: Faust's read offset already expects it
+                self.gate.sought([(tp, expected)], fetch)
             else:
                 # Faust files the hole as acknowledged itself (from its read offset + 1 on)
                 assert expected is not None
@@ -149,12 +147,17 @@ class GatedConsumer(faust_aiokafka.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         # what Faust's perform_seek (after an assignment, a recovery, a flow stop) seeks with
         offsets = await super().seek_to_committed()
-        self.gate.sought(offsets.items())
+        self.gate.sought(offsets.items(), self._fetches)
         return offsets
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
-        self.gate.sought([(partition, offset)])
+        self.gate.sought([(partition, offset)], self._fetches)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        # Faust's recovery seeks changelogs this way; recorded in case it ever seeks an input partition
+        await super().seek_wait(partitions)
+        self.gate.sought(partitions.items(), self._fetches)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.gate.forget(revoked)

@@ -81,12 +81,13 @@ class Metrics:
         )
         self.input_holes = Counter(
             "fatigue_input_holes_total",
-            "Input records fetched ahead of the next expected offset: 'reread' seeks back to fetch the missing "
-            "ones again (a stale fetch), 'accepted' delivers from there (the records before it no longer exist)",
+            "Input records fetched ahead of the next expected offset: 'reread' a stale fetch re-read from the "
+            "expected offset, 'marker' a one-offset hole (a transaction marker), 'accepted' a larger hole (records "
+            "deleted before they were read)",
             ["action"],
             registry=r,
         )
-        for action in ("reread", "accepted"):
+        for action in ("reread", "marker", "accepted"):
             self.input_holes.labels(action=action)  # exported at 0 from the start, so increase() sees the first
         self.state_bytes = Histogram(
             "fatigue_state_bytes",

@@ -1,7 +1,8 @@
 """The input gate as timelines: what Faust's fetch loop gets to deliver, fetch by fetch.
 
-Notation: ``fetch n: offsets`` is one call of Faust's ``getmany``; the gate answers per record. The stale-fetch
-timeline is the one that lost decisions on the real stack before the gate existed.
+Notation: ``fetch n: offsets`` is one call of Faust's ``getmany``; ``seek during n`` is a seek made while fetch
+``n`` was under way (its records may have been taken from aiokafka before the seek). The stale-fetch timeline is
+the one that lost decisions on the real stack before the gate existed.
 """
 
 from __future__ import annotations
@@ -28,68 +29,73 @@ def test_in_order_records_are_delivered_once_and_repeats_dropped() -> None:
 
 
 def test_a_stale_fetch_after_a_seek_to_committed_is_re_read_not_skipped() -> None:
-    # delivered 100..104; a rebalance seeks to the committed offset 100 while Faust still iterates records
-    # 140..142 it took from aiokafka before the seek.
-    # fetch 1: 140 141 142   -> 140 is ahead of 100: seek back to 100, drop the rest of that partition's batch
-    # fetch 2: 100 .. 142    -> all delivered, in order, nothing skipped
+    # fetch 1: 100..119 delivered
+    # seek during 2 to the committed offset 100 (a rebalance); fetch 2 still holds 120 121 122 from before it
+    #   -> 120 is ahead of 100 in a fetch under way at the seek: seek back to 100, drop the rest of it
+    # fetch 3: 100 .. 122 -> all delivered, in order, nothing skipped
     gate = InputOffsetGate()
-    assert _run(gate, 0, [100, 101, 102, 103, 104]) == [D] * 5
-    gate.sought([(P, 100)])
-    assert _run(gate, 1, [140, 141, 142]) == [S, X, X]
-    assert _run(gate, 2, list(range(100, 143))) == [D] * 43
-    assert gate.expected(P) == 143
+    assert _run(gate, 1, list(range(100, 120))) == [D] * 20
+    gate.sought([(P, 100)], fetch=2)
+    assert _run(gate, 2, [120, 121, 122]) == [S, X, X]
+    assert _run(gate, 3, list(range(100, 123))) == [D] * 23
+    assert gate.expected(P) == 123
 
 
-def test_records_ahead_of_the_next_offset_without_a_seek_are_fetched_again() -> None:
-    # fetch 1: 10 11 | 15 16   -> a hole at 12: seek back to 12, drop 15 and 16
-    # fetch 2: 12 13 14 15 16  -> delivered
+def test_the_start_up_case_from_the_real_stack() -> None:
+    # restart: no read offset yet; fetch 1 delivers 1812..1831 before Faust seeks to the committed 1812 (during
+    # fetch 2, which still holds 1832..); Faust used to deliver 1832 and drop the re-fetched 1812..1831
     gate = InputOffsetGate()
-    assert _run(gate, 1, [10, 11, 15, 16]) == [D, D, S, X]
-    assert _run(gate, 2, [12, 13, 14, 15, 16]) == [D] * 5
+    assert _run(gate, 1, list(range(1812, 1832))) == [D] * 20
+    gate.sought([(P, 1812)], fetch=2)
+    assert _run(gate, 2, [1832, 1833]) == [S, X]
+    assert _run(gate, 3, list(range(1812, 1840))) == [D] * 28
 
 
-def test_a_hole_that_survives_three_seeks_is_real_and_reading_goes_on_after_it() -> None:
-    # committed 50, but retention deleted up to 80: every fetch after a seek to 50 starts at 80
-    # fetch 1: 80 81  -> seek (1)      fetch 2: 80 81 -> seek (2)      fetch 3: 80 81 -> seek (3)
-    # fetch 4: 80 81  -> the hole is real: 80 and 81 are delivered, and the next hole starts over
-    gate = InputOffsetGate(seeks_before_accepting_a_hole=3)
-    gate.sought([(P, 50)])
-    assert _run(gate, 1, [80, 81]) == [S, X]
-    assert _run(gate, 2, [80, 81]) == [S, X]
-    assert _run(gate, 3, [80, 81]) == [S, X]
-    assert _run(gate, 4, [80, 81]) == [H, D]
-    assert _run(gate, 5, [82, 90]) == [D, S]
+def test_a_hole_in_a_fetch_begun_after_the_last_seek_is_real() -> None:
+    # committed 50, retention deleted up to 80: aiokafka resets to the log start and the fetch after the seek
+    # begins at 80. A transaction marker leaves a one-offset hole (91) in the middle of a fetch.
+    # seek during 1 to 50;  fetch 2: 80 81  -> the hole is real, read on
+    # fetch 3: 90 92        -> 92 after 90: real too, no seek
+    gate = InputOffsetGate()
+    gate.sought([(P, 50)], fetch=1)
+    assert _run(gate, 2, [80, 81]) == [H, D]
+    assert _run(gate, 3, [82, 90]) == [D, H]
+    assert _run(gate, 3, [92]) == [H]
+    assert gate.expected(P) == 93
 
 
-def test_records_of_the_fetch_in_hand_when_the_gate_sought_do_not_count_as_a_retry() -> None:
-    # fetch 1: 7 | 9 9 9  -> one seek; the repeats of the same stale batch are only dropped
-    gate = InputOffsetGate(seeks_before_accepting_a_hole=1)
-    assert _run(gate, 1, [7, 9, 9, 9]) == [D, S, X, X]
-    assert _run(gate, 2, [8]) == [D]
+def test_the_fetch_after_the_gates_own_seek_decides() -> None:
+    # seek during 1 to 10; fetch 1: 15 16 -> seek back (once), drop
+    # fetch 2: 15 16 again -> begun after the gate's seek: 10..14 do not exist
+    gate = InputOffsetGate()
+    gate.sought([(P, 10)], fetch=1)
+    assert _run(gate, 1, [15, 16]) == [S, X]
+    assert _run(gate, 2, [15, 16]) == [H, D]
 
 
-def test_a_seek_from_outside_resets_the_retries_and_moves_the_next_offset() -> None:
-    # the commit watch (or Faust) seeks to 20 in the middle of the gate's own retries for 12
-    gate = InputOffsetGate(seeks_before_accepting_a_hole=1)
-    assert _run(gate, 1, [10, 11, 30]) == [D, D, S]
-    gate.sought([(P, 20)])
-    assert _run(gate, 2, [30]) == [S]  # a fresh hole at 20, not the second look at the one at 12
-    assert _run(gate, 3, [20, 21]) == [D, D]
+def test_a_seek_from_outside_moves_the_next_offset() -> None:
+    # delivered 10 11; the commit watch seeks to 8 (during 2): 8 and 9 come again, and are delivered again
+    gate = InputOffsetGate()
+    assert _run(gate, 1, [10, 11]) == [D, D]
+    gate.sought([(P, 8)], fetch=2)
+    assert _run(gate, 2, [12]) == [S]
+    assert _run(gate, 3, [8, 9, 10, 11, 12]) == [D] * 5
 
 
 @pytest.mark.parametrize("no_commit", [None, -1])
 def test_a_seek_without_a_committed_offset_takes_the_first_record(no_commit: int | None) -> None:
     gate = InputOffsetGate()
     assert _run(gate, 1, [3, 4]) == [D, D]
-    gate.sought([(P, no_commit)])
+    gate.sought([(P, no_commit)], fetch=1)
     assert _run(gate, 2, [0, 1]) == [D, D]
 
 
 def test_partitions_are_independent_and_revoked_ones_start_over() -> None:
-    # p0 is at 5, p1 at 100; p1 moves to another worker and comes back at its committed offset 300
+    # p0 sought to 5 during fetch 1, p1 delivering at 99; p1 moves to another worker and comes back at 300
     p1 = ("fatigue.events.v1", 1)
     gate = InputOffsetGate()
-    assert _run(gate, 1, [4]) + _run(gate, 1, [99], tp=p1) == [D, D]
+    gate.sought([(P, 5)], fetch=1)
+    assert _run(gate, 1, [99], tp=p1) == [D]
     gate.forget([p1])
-    assert _run(gate, 2, [300], tp=p1) == [D]
-    assert _run(gate, 2, [5, 7]) == [D, S]
+    assert _run(gate, 1, [300], tp=p1) == [D]
+    assert _run(gate, 1, [5, 7]) == [D, S]
