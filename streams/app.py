@@ -693,7 +693,7 @@ class GuardService:
         self.active_blocks.forget()
         self.customers.clear()
 
-    def quiet_partitions(self) -> list[int]:
+    async def quiet_partitions(self) -> list[int]:
         """Input partitions we own that have nothing left to read and had no input for ``quiet_after_s``."""
         now = time.monotonic()
         quiet = []
@@ -709,7 +709,14 @@ class GuardService:
             highwater = consumer.highwater(tp)
             last = self.last_offset.get(partition)
             if highwater is not None and last is not None and highwater > last + 1:
-                continue
+                # Records left to read, unless what is left is a transactional sender's commit marker, which no
+                # consumer ever gets: then the fetch position has passed the high watermark.
+                try:
+                    position = await asyncio.wait_for(consumer.position(tp), timeout=5.0)
+                except Exception:  # no position now (a rebalance, a reset): look again on the next tick
+                    continue
+                if position is None or position < highwater:
+                    continue
             quiet.append(partition)
         return quiet
 
@@ -970,7 +977,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     @app.timer(interval=settings.tick_interval_s)
     async def tick_quiet_partitions() -> None:
         wall_ms = int(time.time() * 1000)
-        for partition in service.quiet_partitions():
+        for partition in await service.quiet_partitions():
             if service.has_due_work(partition, wall_ms):
                 service.send_tick(partition, wall_ms)
 
