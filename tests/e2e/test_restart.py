@@ -10,6 +10,9 @@ are then compared with ``Replay`` of the whole stream, as in the parity tests:
 - graceful restart with the data directory wiped: state comes from the changelog topic alone; same equalities;
 - graceful restart with one partition's database corrupt: it is set aside and that partition alone is restored
   from the changelog; same equalities;
+- graceful restart after retention deleted part of the input the worker had not read: the worker reports every
+  hole with its exact offsets (log and the metric behind the ``FatigueGuardInputSkipped`` alert), reads on, and
+  its outputs equal replay of what was there to read;
 - SIGKILL mid-stream, same data directory: at-least-once. Decisions may be sent again and redelivered input
   dead-lettered again (as ``duplicate``/``late``, or the same rejection), only for input not committed at the
   kill. The crashed worker's state has run ahead of its outputs; on restart it re-sends, for every customer
@@ -32,12 +35,13 @@ import re
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import GuardDeployment
+from tests.e2e.harness import GuardDeployment, free_port
 from tests.e2e.parity import (
     Messages,
     assert_dead_letters_at_least_once,
@@ -109,7 +113,12 @@ def _corrupt_partition_database(data_dir: Path, partition: int) -> Path:
 
 
 def _first_half_then_restart(
-    deployment: GuardDeployment, messages: Messages, wipe: bool, corrupt: int | None = None
+    deployment: GuardDeployment,
+    messages: Messages,
+    wipe: bool,
+    corrupt: int | None = None,
+    before_restart: Callable[[], None] | None = None,
+    restart_args: tuple[str, ...] = (),
 ) -> tuple[int, float]:
     """Run w1 over the first half to quiescence, stop it gracefully, optionally wipe its data directory (or corrupt
     the database of partition ``corrupt``), produce
@@ -150,8 +159,10 @@ def _first_half_then_restart(
         print(f"  SIGTERM w1 (exit {exit_code}), kept its data directory {data_dir.name}/")
 
     deployment.produce(second)
+    if before_restart is not None:
+        before_restart()
     log_offset = deployment.log_size("w1")
-    deployment.start_worker("w1")
+    deployment.start_worker("w1", *restart_args)
     print(f"  produced the second half ({len(second)} messages) and restarted w1")
     return log_offset, started
 
@@ -242,6 +253,54 @@ def test_restart_with_wiped_data_dir_recovers_from_changelog(deployment_factory:
     assert not _repaired(log), "a graceful stop commits everything it handled: nothing can be ahead of the outputs"
     assert "Error in recovery" not in log  # faust skips a changelog record it cannot decode and goes on
     assert "Traceback" not in deployment.log_since("w1", 0)
+
+
+@pytest.mark.slow
+def test_input_deleted_by_retention_before_it_was_read_is_reported_and_read_past(
+    deployment_factory: Callable[..., GuardDeployment],
+):
+    """While the worker is down its input lags behind retention: the first part of what it has not read yet is
+    deleted. On restart its committed offsets are below the log start; aiokafka resets to the log start and the
+    input gate sees a hole in a fresh fetch. It must say so (a warning naming the offsets, the metric behind the
+    FatigueGuardInputSkipped alert), read on, and decide on what is left exactly as a replay of what was read."""
+    deployment = deployment_factory()
+    deployment.create_topics()
+    messages = make_messages(EVENTS, CUSTOMERS, seed=31)
+    holes: dict[int, tuple[int, int]] = {}
+
+    def delete_half_of_the_unread_input() -> None:
+        committed = deployment.committed_input()
+        ends = deployment.end_offsets_by_partition("events")
+        holes.update({p: (committed[p], committed[p] + (ends[p] - committed[p]) // 2) for p in committed})
+        deployment.delete_input_before({p: end for p, (_, end) in holes.items()})
+        print(f"  deleted the input below { ({p: end for p, (_, end) in holes.items()}) } (committed: {committed})")
+
+    port = free_port()
+    log_offset, started = _first_half_then_restart(
+        deployment,
+        messages,
+        wipe=False,
+        before_restart=delete_half_of_the_unread_input,
+        restart_args=("--web-port", str(port)),
+    )
+    deployment.wait_until_settled()
+    log = deployment.log_since("w1", log_offset)
+    for partition, (first, end) in holes.items():
+        assert f"input partition {partition}: offsets {first}..{end - 1} no longer exist" in log, partition
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'fatigue_input_holes_total{action="accepted"} 6.0' in metrics  # what FatigueGuardInputSkipped watches
+    print(f"  verified: the worker reported every hole exactly: {holes}")
+    # what is left of the input, without the ticks the restarted worker appended to it
+    survivors = [(key, value) for key, value, headers in deployment.read_topic("events") if not headers]
+    read = messages[: len(messages) // 2] + survivors
+    expected = assert_exact_parity(deployment, read, min_blocks=MIN_BLOCKS)
+    print(
+        f"  outputs equal replay of the {len(read)} messages that were there to read "
+        f"({len(messages) - len(read)} deleted unread); {len(expected.blocks)} Redis blocks; "
+        f"{time.monotonic() - started:.0f}s"
+    )
+    assert "Traceback" not in log
 
 
 @pytest.mark.slow
