@@ -283,8 +283,9 @@ class GuardService:
         last = self.last_offset.get(partition)
         if last is not None and message.offset <= last:
             # Handled already by this process, whose effects are enqueued: not a sender's duplicate, nor a crash
-            # redelivery. After a recovery, aiokafka can return prefetched records again; faust drops those
-            # below its read offset but lets the last one read through (offset >= read offset), a second time.
+            # redelivery. The input gate drops repeats before Faust delivers them; this stays for records of a
+            # previous consumer generation that were already in the agent's batch buffer (see handle_batch) and
+            # for the commit watch's re-read from the committed offset.
             log.debug("partition %d: offset %d delivered again, skipped", partition, message.offset)
             return
         self.last_offset[partition] = message.offset
