@@ -99,3 +99,24 @@ def test_partitions_are_independent_and_revoked_ones_start_over() -> None:
     gate.forget([p1])
     assert _run(gate, 1, [300], tp=p1) == [D]
     assert _run(gate, 1, [5, 7]) == [D, S]
+
+
+def test_faust_still_fetches_and_seeks_where_the_gate_sits() -> None:
+    """The gate overrides Faust internals (faust-streaming 0.15): an upgrade that moves them must fail here,
+    not silently bypass the gate."""
+    import inspect
+
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+
+    from streams.input_gate import GatedConsumer
+
+    drain = inspect.getsource(FaustConsumer._drain_messages)
+    assert "getmany = self.getmany" in drain  # the delivery loop fetches through the method the gate overrides
+    assert "offset >= r_offset" in drain  # the read-offset filter whose stale-fetch case the gate closes
+    perform_seek = inspect.getsource(FaustConsumer.perform_seek)
+    assert "self.seek_to_committed()" in perform_seek  # every seek to committed passes the gate's override
+    for name in ("getmany", "seek_to_committed", "seek", "seek_wait", "on_partitions_revoked"):
+        assert name in GatedConsumer.__dict__
+        assert callable(getattr(AIOKafkaConsumer, name)), name
+    assert "_seek" in dir(AIOKafkaConsumer)
