@@ -879,7 +879,8 @@ def _hole_logger(metrics: Metrics) -> HoleListener:
     def on_hole(tp: TP, expected: int, offset: int, verdict: Verdict) -> None:
         if verdict is Verdict.SEEK:
             log.info(
-                "input partition %d: fetched offset %d while %d is next (a stale fetch): seeking back to %d",
+                "input partition %d: fetched offset %d while %d is next: seeking back to %d (a stale fetch, or a "
+                "hole to confirm)",
                 *(tp.partition, offset, expected, expected),
             )
             metrics.input_holes.labels(action="reread").inc()

@@ -10,16 +10,21 @@ are never handled and, with the gap counted as acknowledged, the commits even mo
 stack after restarts: decisions of a few hundred events missing, ``DROPPED MESSAGE ROFF`` in Faust's dev log.
 
 The gate sits between aiokafka's fetches and Faust's delivery loop, for the input topic only (changelogs are
-compacted: their holes are real). Every partition's offsets are delivered in sequence, once:
+compacted: their holes are real). Every partition's offsets are delivered in sequence:
 
 - a record behind the next expected offset is a repeat: dropped;
-- a record ahead of it, in a fetch that was under way when the partition was last sought (by Faust, the commit
-  watch or the gate), may have been taken from aiokafka before that seek: dropped, and the partition is sought
-  back to the expected offset (aiokafka then discards whatever it buffered for another position), so the next
-  fetch brings the missing records;
-- a record ahead of it in a fetch begun after the last seek is what aiokafka read from the expected position on:
-  the records in between do not exist (a producer's transaction markers, records deleted by retention before they
-  were read), and reading goes on from there.
+- a record ahead of it is not trusted at first sight: it may have been taken from aiokafka before a seek, or come
+  from a position that a seek racing with the delivery left ahead of the expected offset. It is dropped, with the
+  rest of that fetch for the partition, and the gate seeks the partition back to the expected offset itself
+  (aiokafka then discards whatever it buffered for another position);
+- if a fetch begun after that seek, with no other seek since, still starts past the expected offset, the records
+  in between do not exist (a producer's transaction markers, records deleted by retention before they were read),
+  and reading goes on from there.
+
+A seek by someone else (Faust after an assignment or recovery, the commit watch) sets the expected offset to its
+target; records delivered at or past it come again and are delivered again, and the agent skips offsets it has
+already handled. First seen on the real stack: a record delivered while Faust's seek to the committed offset was
+still under way in the consumer thread, then the seek's target taken as the next offset.
 
 :class:`InputOffsetGate` is the decision, pure and unit-tested as timelines; :func:`gated_consumer_class` fits
 it into Faust's aiokafka consumer.
@@ -40,34 +45,35 @@ log = logging.getLogger("fatigue.worker")
 
 class Verdict(enum.Enum):
     DELIVER = "deliver"  # the expected record
-    DROP = "drop"  # a repeat, or a stale record in a fetch the gate already sought back from
-    SEEK = "seek"  # ahead of the expected offset in a fetch taken before a seek: drop it and seek back
-    ACCEPT_HOLE = "accept_hole"  # ahead of it in a fetch taken after the last seek: the records between do not exist
+    DROP = "drop"  # a repeat, or a record ahead of the expected offset in the fetch the gate sought back from
+    SEEK = "seek"  # ahead of the expected offset: drop it and seek back, the next fetch decides
+    ACCEPT_HOLE = "accept_hole"  # still ahead in a fetch begun after the gate's own seek: the records between are gone
 
 
 class InputOffsetGate:
     """Per partition, the next offset to deliver; decides for each fetched record.
 
-    ``fetch`` numbers the fetches (one per call of Faust's ``getmany``, increasing), and every seek is recorded
-    with the number of the fetch under way when it happened. A record ahead of the expected offset in a fetch
-    that began after the partition's last seek is what aiokafka read from the expected position on, so the
-    records in between do not exist (retention, transaction markers). One in a fetch that was under way at the
-    seek may have been taken from aiokafka before it: stale.
+    ``fetch`` numbers the fetches (one per call of Faust's ``getmany``, increasing). A record ahead of the expected
+    offset is never trusted at first sight: it may be stale (taken from aiokafka before a seek), or come from a
+    position another seek moved while records were being handed over. The gate seeks the partition back to the
+    expected offset itself (aiokafka then drops whatever it buffered for another position) and drops the rest of
+    that fetch's records for it. If a fetch begun after that seek, with no other seek since, still starts past the
+    expected offset, the records in between do not exist (transaction markers, retention) and reading goes on.
     """
 
     def __init__(self) -> None:
         self._next: dict[Hashable, int] = {}
-        self._last_seek_fetch: dict[Hashable, int] = {}
-        self._own_seek_fetch: dict[Hashable, int] = {}
+        self._own_seek: dict[Hashable, tuple[int, int]] = {}  # (offset sought to, fetch during which)
 
     def expected(self, tp: Hashable) -> int | None:
         return self._next.get(tp)
 
-    def sought(self, offsets: Iterable[tuple[Hashable, int | None]], fetch: int) -> None:
-        """The consumer was sought (by Faust or the commit watch) during ``fetch``: deliver from there (``None``:
-        from whatever comes first, the group has no committed offset yet)."""
+    def sought(self, offsets: Iterable[tuple[Hashable, int | None]]) -> None:
+        """The consumer was sought by someone else (Faust, the commit watch): deliver from there (``None``: from
+        whatever comes first, the group has no committed offset yet). A record already delivered at or past that
+        offset will come again and be delivered again (the agent skips offsets it has handled)."""
         for tp, offset in offsets:
-            self._last_seek_fetch[tp] = fetch
+            self._own_seek.pop(tp, None)
             if offset is None or offset < 0:
                 self._next.pop(tp, None)
             else:
@@ -77,25 +83,24 @@ class InputOffsetGate:
         """Partitions revoked: whoever gets them next starts from the committed offset."""
         for tp in tps:
             self._next.pop(tp, None)
-            self._last_seek_fetch.pop(tp, None)
-            self._own_seek_fetch.pop(tp, None)
+            self._own_seek.pop(tp, None)
 
     def admit(self, tp: Hashable, offset: int, fetch: int) -> Verdict:
         expected = self._next.get(tp)
         if expected is None or offset == expected:
             self._next[tp] = offset + 1
+            self._own_seek.pop(tp, None)
             return Verdict.DELIVER
         if offset < expected:
             return Verdict.DROP
-        last_seek = self._last_seek_fetch.get(tp)
-        if last_seek is None or fetch > last_seek:
+        own = self._own_seek.get(tp)
+        if own is not None and own[0] == expected:
+            if own[1] == fetch:
+                return Verdict.DROP  # the rest of the fetch the gate sought back from
+            del self._own_seek[tp]
             self._next[tp] = offset + 1
             return Verdict.ACCEPT_HOLE
-        if self._own_seek_fetch.get(tp) == fetch:
-            return Verdict.DROP
-        # Seeking again is belt and braces: whoever sought last already moved aiokafka to the expected offset.
-        # It also makes the next fetch the one that decides.
-        self._own_seek_fetch[tp] = fetch
+        self._own_seek[tp] = (expected, fetch)  # the caller seeks
         return Verdict.SEEK
 
 
@@ -133,7 +138,6 @@ class GatedConsumer(faust_aiokafka.Consumer):
                 assert expected is not None
                 self._notify(tp, expected, message.offset, verdict)
                 await self._seek(tp, expected)  # aiokafka's seek only: Faust's read offset already expects it
-                self.gate.sought([(tp, expected)], fetch)
             else:
                 # Faust files the hole as acknowledged itself (from its read offset + 1 on)
                 assert expected is not None
@@ -147,17 +151,17 @@ class GatedConsumer(faust_aiokafka.Consumer):
     async def seek_to_committed(self) -> Mapping[TP, int]:
         # what Faust's perform_seek (after an assignment, a recovery, a flow stop) seeks with
         offsets = await super().seek_to_committed()
-        self.gate.sought(offsets.items(), self._fetches)
+        self.gate.sought(offsets.items())
         return offsets
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
-        self.gate.sought([(partition, offset)], self._fetches)
+        self.gate.sought([(partition, offset)])
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         # Faust's recovery seeks changelogs this way; recorded in case it ever seeks an input partition
         await super().seek_wait(partitions)
-        self.gate.sought(partitions.items(), self._fetches)
+        self.gate.sought(partitions.items())
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.gate.forget(revoked)

@@ -350,12 +350,12 @@ class GuardDeployment:
         """Print what the input gate (streams/input_gate.py) and the commit watch did; the test input has no
         holes, so a hole taken as real would be records skipped."""
         logs = "".join(path.read_text(errors="replace") for path in sorted(self.workdir.glob("*.log")))
-        sought = logs.count("(a stale fetch): seeking back")
+        sought = logs.count("(a stale fetch, or a hole to confirm)")
         accepted = logs.count("no longer exist")
         markers = logs.count("(a transaction marker)")  # logged once per partition
         rereads = logs.count("commits stuck at offset")
         print(
-            f"  input gate: {sought} stale fetches sought back, {accepted} holes taken as real, transaction markers "
+            f"  input gate: sought back {sought} times, {accepted} holes taken as real, transaction markers "
             f"on {markers} partitions; {rereads} commit-watch re-reads"
         )
         assert accepted == 0 or self.input_deleted, (
