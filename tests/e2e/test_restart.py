@@ -265,7 +265,7 @@ def test_input_deleted_by_retention_before_it_was_read_is_reported_and_read_past
     FatigueGuardInputSkipped alert), read on, and decide on what is left exactly as a replay of what was read."""
     deployment = deployment_factory()
     deployment.create_topics()
-    messages = make_messages(EVENTS, CUSTOMERS, seed=31)
+    messages = make_messages(EVENTS // 2, CUSTOMERS, seed=31)  # a smaller stream: what matters is the hole
     holes: dict[int, tuple[int, int]] = {}
 
     def delete_half_of_the_unread_input() -> None:

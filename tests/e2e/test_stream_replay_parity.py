@@ -57,9 +57,9 @@ def test_input_written_in_transactions_equals_replay(deployment_factory: Callabl
     a stale one) without skipping a record or stalling the commits."""
     deployment = deployment_factory()
     deployment.create_topics()
-    messages = make_messages(20_000, 2_000, seed=13, end_ms=int(time.time() * 1000))
+    messages = make_messages(8_000, 800, seed=13, end_ms=int(time.time() * 1000))
     deployment.start_worker("w1")
-    deployment.produce(messages, transaction_size=700)
+    deployment.produce(messages, transaction_size=300)
     assert_exact_parity(deployment, messages)
     log = deployment.log_tail("w1", 100000)
     marked = {
