@@ -44,6 +44,11 @@ class Settings:
     # a batch whose outputs Kafka does not take (after the producer's own retries) is sent again, backing off up to
     # this long between attempts; the agent consumes nothing meanwhile, and its states wait with it
     delivery_retry_max_s: float = 30.0
+    # A worker that dies without leaving the group (SIGKILL, a lost node) keeps its partitions, unprocessed, until
+    # the broker has not heard from it for this long. Faust's default is 60 s: a minute in which the customers of
+    # those partitions are not guarded. Heartbeats come from the consumer's own thread every 3 s, so a busy agent
+    # does not miss them; the broker accepts 6 s to 30 min (group.min/max.session.timeout.ms).
+    session_timeout_s: float = 20.0
     rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
     # RocksDB's memtable per partition database (Faust's default: 64 MiB, 3 of them, per partition): states are
     # small and written once per batch; 16 MiB x 2 took the worker's peak RSS from ~390 to ~230 MiB in
@@ -85,6 +90,7 @@ _ENV = {
     "input_batch": "FATIGUE_INPUT_BATCH",
     "input_batch_wait_s": "FATIGUE_INPUT_BATCH_WAIT",
     "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
+    "session_timeout_s": "FATIGUE_SESSION_TIMEOUT",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 
@@ -125,4 +131,6 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
         raise SystemExit("fatigue worker: --partitions must be >= 1")
     if settings.input_batch < 1 or settings.input_batch_wait_s <= 0:
         raise SystemExit("fatigue worker: --input-batch must be >= 1 and --input-batch-wait > 0 (seconds)")
+    if not 6 <= settings.session_timeout_s <= 1800:
+        raise SystemExit("fatigue worker: --session-timeout must be 6 to 1800 seconds (the broker's bounds)")
     return settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streams.settings import settings_from
 
 
@@ -24,3 +26,12 @@ def test_defaults():
         "fatigue.blocks.v1",
         6,
     )
+
+
+def test_the_session_timeout_is_short_by_default_and_bounded_like_the_broker():
+    # a worker killed without leaving the group keeps its partitions unguarded for this long
+    assert settings_from([], environ={}).session_timeout_s == 20.0
+    assert settings_from([], environ={"FATIGUE_SESSION_TIMEOUT": "45"}).session_timeout_s == 45.0
+    for out_of_bounds in ("5", "1801"):
+        with pytest.raises(SystemExit, match="session-timeout"):
+            settings_from(["--session-timeout", out_of_bounds], environ={})
