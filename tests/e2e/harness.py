@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -402,11 +403,13 @@ class GuardDeployment:
         finally:
             consumer.close()
 
-    def decisions_on_topic(self) -> Counter[bytes]:
-        """The decisions published (tombstones left out), as canonical JSON, counted."""
-        return Counter(
-            canonical(orjson.loads(value)) for key, value, _ in self.read_topic("decisions") if value is not None
-        )
+    def decisions_on_topic(self) -> Tally:
+        """The decisions published (tombstones left out), counted."""
+        tally = Tally()
+        for _, value, _ in self.read_topic("decisions"):
+            if value is not None:
+                tally.add(orjson.loads(value))
+        return tally
 
     def redis_blocks(self) -> dict[str, dict[str, Any]]:
         client = redis.Redis.from_url(self.redis_url)
@@ -437,3 +440,29 @@ class GuardDeployment:
 
 def canonical(decision: dict[str, Any]) -> bytes:
     return orjson.dumps(decision, option=orjson.OPT_SORT_KEYS)
+
+
+class Tally(Counter[bytes]):
+    """Output records counted by a 16-byte digest of their canonical JSON, so that a stream with millions of
+    decisions (a hot customer's ~1.3 KB each) fits in memory; the JSON itself is kept for the first ``keep``
+    distinct records, which is every record of all but the hot-customer streams, to show in failure messages."""
+
+    def __init__(self, keep: int = 200_000) -> None:
+        super().__init__()
+        self.keep = keep
+        self.texts: dict[bytes, bytes] = {}
+
+    def add(self, record: dict[str, Any]) -> bytes:
+        encoded = canonical(record)
+        digest = hashlib.blake2b(encoded, digest_size=16).digest()
+        self[digest] += 1
+        if len(self.texts) < self.keep:
+            self.texts.setdefault(digest, encoded)
+        return digest
+
+    def text(self, digest: bytes) -> bytes:
+        """The canonical JSON of a counted record (its digest in hex beyond the kept ones)."""
+        return self.texts.get(digest, b"<record " + digest.hex().encode() + b">")
+
+    def examples(self, digests: Iterable[bytes], count: int = 2) -> list[bytes]:
+        return [self.text(digest) for digest in sorted(digests)[:count]]

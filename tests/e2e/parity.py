@@ -17,7 +17,7 @@ from fatigue.policy import load_policy
 from fatigue.replay import Replay, ReplayStats
 from fatigue.state import preferences_view
 from fatigue.testing import DAY
-from tests.e2e.harness import GuardDeployment, canonical
+from tests.e2e.harness import GuardDeployment, Tally
 
 SETTLE_MS = 3_600_000  # the worker's default --deadline-settle
 WALL_SETTLE_MS = 60_000  # the worker's default --wall-settle
@@ -44,13 +44,14 @@ def make_messages(count: int, customers: int, seed: int, end_ms: int | None = No
 class Expected:
     """What the guard must have published once it has consumed ``messages`` and gone quiet at ``now_ms``."""
 
-    decisions: Counter[bytes]
+    decisions: Tally
     rejections: Counter[tuple[str, bytes]]  # (reason, raw message)
-    violations: Counter[bytes]
+    violations: Tally
     blocks: dict[str, dict[str, Any]]  # Redis key -> decision in force at now_ms
     prefs: dict[str, dict[str, Any]]  # Redis key -> preferences view, for every customer that has one
     accepted_ids: set[str]
-    latest: dict[str, bytes]  # decisions-topic key -> the last decision emitted for it (what compaction keeps)
+    # decisions-topic key -> the digest (in ``decisions``) and the last decision emitted for it: what compaction keeps
+    latest: dict[str, tuple[bytes, dict[str, Any]]]
     stats: ReplayStats
     now_ms: int
 
@@ -75,23 +76,22 @@ def expected_outputs(
     """
     guard = Guard(load_policy(deployment.policy))
     replay = Replay(guard, check_key=True, partitions=deployment.partitions, settle_ms=SETTLE_MS)
-    decisions: Counter[bytes] = Counter()
+    decisions = Tally()
     rejections: Counter[tuple[str, bytes]] = Counter()
-    violations: Counter[bytes] = Counter()
+    violations = Tally()
     preference_customers: set[str] = set()
     accepted_ids: set[str] = set()
-    latest: dict[str, bytes] = {}
+    latest: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     def emitted(batch: list[dict[str, Any]]) -> None:
         for decision in batch:
-            encoded = canonical(decision)
-            decisions[encoded] += 1
-            latest[_topic_key(decision)] = encoded
+            latest[_topic_key(decision)] = (decisions.add(decision), decision)
 
     for key, value in messages:
         step = replay.feed(value, key)
         emitted(step.decisions)
-        violations.update(canonical(violation) for violation in step.violations)
+        for violation in step.violations:
+            violations.add(violation)
         if step.rejection is not None:
             rejections[(step.rejection.reason, value)] += 1
             continue
@@ -129,8 +129,12 @@ def dead_letters(deployment: GuardDeployment) -> list[tuple[str, bytes, dict[str
     return [(headers["fatigue-reason"].decode(), value or b"", headers) for _, value, headers in records]
 
 
-def violations_on_topic(deployment: GuardDeployment) -> Counter[bytes]:
-    return Counter(canonical(orjson.loads(value)) for _, value, _ in deployment.read_topic("violations") if value)
+def violations_on_topic(deployment: GuardDeployment) -> Tally:
+    tally = Tally()
+    for _, value, _ in deployment.read_topic("violations"):
+        if value:
+            tally.add(orjson.loads(value))
+    return tally
 
 
 def redis_prefs(deployment: GuardDeployment) -> dict[str, dict[str, Any]]:
@@ -163,7 +167,7 @@ def assert_decisions_exact(deployment: GuardDeployment, expected: Expected) -> i
     extra = on_topic - expected.decisions
     assert not missing and not extra, (
         f"{sum(missing.values())} decisions missing, {sum(extra.values())} extra; "
-        f"e.g. missing {list(missing)[:2]} extra {list(extra)[:2]}"
+        f"e.g. missing {expected.decisions.examples(missing)} extra {on_topic.examples(extra)}"
     )
     return sum(on_topic.values())
 
@@ -182,42 +186,39 @@ def assert_decisions_at_least_once(
     no longer in force (an expired block, or an allow); and every replay decision is published at least once,
     superseded ones included (a batch's states are stored only after its outputs were delivered, so the input
     redelivered from ``redelivered_from`` sends again whatever the crash cut off)."""
-    on_topic: Counter[bytes] = Counter()
-    latest: dict[str, bytes | None] = {}  # None: a tombstone
+    on_topic = Tally()
+    latest: dict[str, bytes | None] = {}  # key -> digest of its latest record; None: a tombstone
     for key, value, _ in deployment.read_topic("decisions"):  # in offset order per partition, hence per key
         if key is None:
             continue
         if value is None:
             latest[key.decode()] = None  # an expired block cleaned up, or a crash repair: the key holds no block
             continue
-        encoded = canonical(orjson.loads(value))
-        on_topic[encoded] += 1
-        latest[key.decode()] = encoded
+        latest[key.decode()] = on_topic.add(orjson.loads(value))
     extra = set(on_topic) - set(expected.decisions)
-    assert not extra, f"{len(extra)} decisions the replay does not make, e.g. {sorted(extra)[:2]}"
+    assert not extra, f"{len(extra)} decisions the replay does not make, e.g. {on_topic.examples(extra)}"
 
     def ended_and_tombstoned(key: str) -> bool:
         want = expected.latest.get(key)
-        return (
-            key in latest
-            and latest[key] is None
-            and (want is None or not _in_force(orjson.loads(want), expected.now_ms))
-        )
+        return key in latest and latest[key] is None and (want is None or not _in_force(want[1], expected.now_ms))
 
     wrong = sorted(
         key
         for key in expected.latest.keys() | latest.keys()
-        if latest.get(key) != expected.latest.get(key) and not ended_and_tombstoned(key)
+        if latest.get(key) != (expected.latest[key][0] if key in expected.latest else None)
+        and not ended_and_tombstoned(key)
     )
     assert not wrong, f"{len(wrong)} keys whose latest record differs from the replay's, e.g. {wrong[:3]}"
     missing = set(expected.decisions) - set(on_topic)
     latest_missing = sorted(
-        d for d in missing if expected.latest[key := _topic_key(orjson.loads(d))] == d and not ended_and_tombstoned(key)
+        digest for key, (digest, _) in expected.latest.items() if digest in missing and not ended_and_tombstoned(key)
     )
-    assert not latest_missing, f"{len(latest_missing)} keys' latest decisions lost, e.g. {latest_missing[:2]}"
+    assert not latest_missing, (
+        f"{len(latest_missing)} keys' latest decisions lost, e.g. {expected.decisions.examples(latest_missing)}"
+    )
     if missing:
         positions = deployment.input_positions()
-        causes = {orjson.loads(lost)["cause_event_id"] for lost in missing}
+        causes = {orjson.loads(expected.decisions.text(lost))["cause_event_id"] for lost in missing}
         in_window = sorted(
             cause
             for cause in causes
@@ -225,7 +226,7 @@ def assert_decisions_at_least_once(
         )
         raise AssertionError(
             f"{len(missing)} decisions never published ({len(in_window)} of their {len(causes)} causes redelivered), "
-            f"e.g. {sorted(missing)[:2]}"
+            f"e.g. {expected.decisions.examples(missing)}"
         )
     records = sum(on_topic.values())
     resent = sum(max(count - expected.decisions[decision], 0) for decision, count in on_topic.items())
@@ -274,7 +275,12 @@ def assert_dead_letters_at_least_once(
 
 def assert_violations_exact(deployment: GuardDeployment, expected: Expected) -> int:
     violations = violations_on_topic(deployment)
-    assert violations == expected.violations
+    missing = expected.violations - violations
+    extra = violations - expected.violations
+    assert not missing and not extra, (
+        f"{sum(missing.values())} violations missing, {sum(extra.values())} extra; "
+        f"e.g. missing {expected.violations.examples(missing)} extra {violations.examples(extra)}"
+    )
     return sum(violations.values())
 
 
@@ -282,9 +288,9 @@ def assert_violations_at_least_once(deployment: GuardDeployment, expected: Expec
     """After a crash: every violation the replay finds is on the topic at least once, and no other."""
     violations = violations_on_topic(deployment)
     extra = set(violations) - set(expected.violations)
-    assert not extra, f"{len(extra)} violations the replay does not find, e.g. {sorted(extra)[:2]}"
+    assert not extra, f"{len(extra)} violations the replay does not find, e.g. {violations.examples(extra)}"
     missing = set(expected.violations) - set(violations)
-    assert not missing, f"{len(missing)} violations never published, e.g. {sorted(missing)[:2]}"
+    assert not missing, f"{len(missing)} violations never published, e.g. {expected.violations.examples(missing)}"
 
 
 def assert_redis_blocks_exact(deployment: GuardDeployment, expected: Expected, min_blocks: int = 50) -> int:
@@ -324,12 +330,19 @@ def assert_exact_parity(
 
     ``wall_clock=False`` for workers run with ``--quiet-after`` out of reach (see :func:`expected_outputs`).
     """
+    started = time.monotonic()
     deployment.wait_until_settled(timeout_s=settle_timeout_s)
+    settled = time.monotonic()
     expected = expected_outputs(deployment, messages, int(time.time() * 1000), wall_clock=wall_clock)
+    replayed = time.monotonic()
     print(f"\n{expected.summary()}")
     assert_decisions_exact(deployment, expected)
     assert_dead_letters_exact(deployment, expected)
     assert_violations_exact(deployment, expected)
     assert_redis_blocks_exact(deployment, expected, min_blocks)
     assert_redis_prefs_exact(deployment, expected)
+    print(
+        f"parity: settled after {settled - started:.1f}s, replayed in {replayed - settled:.1f}s, "
+        f"outputs compared in {time.monotonic() - replayed:.1f}s"
+    )
     return expected
