@@ -19,6 +19,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.e2e.harness import REPO, GuardDeployment, free_port
 from tests.e2e.parity import (
@@ -33,6 +35,7 @@ from tests.e2e.parity import (
     expected_outputs,
     make_messages,
 )
+from tests.strategies import keyed_messages
 
 # One hot customer's events in the hostile stream (FATIGUE_HOT_EVENTS to change it).
 HOT_EVENTS = int(os.environ.get("FATIGUE_HOT_EVENTS", "1000000"))
@@ -185,14 +188,27 @@ def _hot_customer(rng: random.Random, now: int, count: int) -> Iterator[tuple[by
         yield b"hot-1", value
 
 
+def _drawn_by_hypothesis(examples: int) -> Messages:
+    """Messages drawn by hypothesis (``keyed_messages``), the same on every run (derandomized): what the core's
+    fuzz tests throw at the parser and the engine, here sent through Kafka to the worker."""
+    drawn: Messages = []
+
+    @settings(max_examples=examples, derandomize=True, database=None, deadline=None)
+    @given(st.lists(keyed_messages(customers=("hyp-a", "hyp-b", "hyp-c")), min_size=1, max_size=60))
+    def collect(batch: Messages) -> None:
+        drawn.extend(batch)
+
+    collect()
+    return drawn
+
+
 def _hostile(seed: int) -> Messages:
-    """Garbage of every kind around a normal stream, a duplicate flood and one hot customer (the last
-    ``HOT_EVENTS`` messages)."""
+    """Garbage of every kind around a normal stream, a duplicate flood, messages drawn by hypothesis and one hot
+    customer (the last ``HOT_EVENTS`` messages)."""
     rng = random.Random(seed)
     now = int(time.time() * 1000)
     base = make_messages(6_000, 600, seed=seed)
     valid = [(key, value) for key, value in base if key is not None]
-    hostile: Messages = []
     corpus: list[tuple[bytes | None, bytes]] = [
         (b"c1", b""),
         (b"c1", b"{"),
@@ -257,8 +273,7 @@ def _hostile(seed: int) -> Messages:
     hot = list(_hot_customer(rng, now, HOT_EVENTS))
     rest = valid + corpus + [flood] * 2_000
     rng.shuffle(rest)  # per customer the order changes: out of order, late, duplicates... the oracle follows it
-    hostile = rest + hot
-    return hostile
+    return rest + _drawn_by_hypothesis(examples=300) + hot
 
 
 @pytest.mark.timeout(600 + HOT_EVENTS // 2000)

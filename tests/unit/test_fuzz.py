@@ -7,37 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fatigue.engine import Guard
-from fatigue.events import EVENT_TYPES, Event, Rejection, parse_event
+from fatigue.events import Event, Rejection, parse_event
 from fatigue.state import CustomerState
 from fatigue.testing import policy_named
+from tests.strategies import event_like
 
 GUARD = Guard(policy_named("tcpa"))
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=12,
-)
-# objects that look like events: the contract's field names with arbitrary values, plus anything else
-event_like = st.fixed_dictionaries(
-    {},
-    optional={
-        "type": st.sampled_from(EVENT_TYPES) | json_values,
-        "event_id": st.text(min_size=1, max_size=8) | json_values,
-        "customer_id": st.sampled_from(["a", "b"]) | json_values,
-        "ts": st.integers(min_value=946_684_800_000, max_value=4_102_444_799_999) | json_values,
-        "channel": st.sampled_from(["email", "sms", "call", "fax"]) | json_values,
-        "category": st.sampled_from(["marketing", "service", "x"]) | json_values,
-        "duration_s": st.floats(allow_nan=True) | json_values,
-        "answered": json_values,
-        "ref": json_values,
-        "machine": json_values,
-        "opt_out": json_values,
-        "max_contacts": st.fixed_dictionaries({"count": json_values, "window": json_values}) | json_values,
-        "quiet_hours": st.fixed_dictionaries({"start": json_values, "end": json_values}) | json_values,
-        "timezone": st.sampled_from(["Europe/Paris", "Nowhere", "../etc"]) | json_values,
-    },
-)
 
 
 @settings(max_examples=500, deadline=None)
