@@ -156,7 +156,9 @@ class Policy:
 
     @property
     def hangup_retention_ms(self) -> int:
-        return max((max(rule.window_ms, rule.block_ms) for rule in self.hangup_rules), default=0)
+        """How far back hang-ups must be kept: a block lasts ``block`` from the hang-up that completes the count,
+        and that count reaches back ``window`` before it."""
+        return max((rule.window_ms + rule.block_ms for rule in self.hangup_rules), default=0)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -184,3 +184,23 @@ def test_hangup_threshold_is_policy(tmp_path):
     s = Scenario(load_policy(path))
     assert s.call_ended(at(0), duration_s=10).decisions == []
     assert s.call_ended(at(1), duration_s=9.5).decisions[0]["until"] == format_ms(at(2))
+
+
+def test_a_30d_hangup_block_outlives_the_first_hangup_by_its_own_length():
+    # Hang-ups on day 0 and day 20 block calls until day 50, although the first one leaves its 30 d window on
+    # day 30: the state must keep hang-ups for window + block, or the block silently shrinks to whatever else
+    # is in force when the customer's next event is evaluated.
+    s = Scenario()
+    s.call_ended(at(0), duration_s=5)
+    [blocked] = s.call_ended(at(20), duration_s=5).decisions
+    assert blocked["rule_id"] == "short_hangups.2_in_30d"
+    assert blocked["until"] == format_ms(at(50))
+    # day 35: a dialer calls anyway (a violation; call cap 1 per 1d would end on day 36: shorter, no change)
+    step = s.contact(at(35), "call")
+    assert step.decisions == []
+    assert [violation["rule_id"] for violation in step.violations] == ["short_hangups.2_in_30d"]
+    # day 36: an email complaint blocks the other channels for 7 d (until day 43): still shorter than day 50
+    decisions = s.complaint(at(36), "email").decisions
+    assert {decision["channel"] for decision in decisions} == {"email", "sms"}
+    # day 50 exactly: the hang-up block is over; a call now only meets the complaint's block (until day 43: over)
+    assert s.contact(at(50), "call").violations == []
