@@ -290,9 +290,66 @@ class Guard:
                 if event.ts_ms <= entry[0]:
                     entry[2] = 1
                 break
+        else:
+            # not awaiting an open any more: it may have been settled as unread before this open (in time, but
+            # delivered out of order) arrived
+            self._reopen_settled(state, event, step)
         while pending and pending[0][2]:
-            del pending[0]
+            deadline, contact_event_id, _ = pending.pop(0)
             state.streak = 0
+            self._remember_settled(state, deadline, contact_event_id)
+
+    def _reopen_settled(self, state: CustomerState, event: Event, step: Step) -> None:
+        """Correct the unread count when an email settled as unread turns out to have been opened in time.
+
+        Settled emails are kept while an open for them can still be accepted (deadline within the late grace of
+        the newest event). The streak after the corrected email is counted again, and the unread block becomes
+        the one the corrected sequence gives: the latest email that completed a streak, or none; the email
+        channel is then evaluated again (an ``allow`` when nothing else blocks it).
+        """
+        settled = state.settled
+        unread = self._unread
+        for index, entry in enumerate(settled):  # noqa: B007 - index is used after the loop
+            if entry[1] == event.ref:
+                break
+        else:
+            return
+        if entry[2] == 0 or event.ts_ms > entry[0] or unread is None:
+            return  # read already, or opened after its deadline: unread it stays
+        entry[2] = 0
+        streak = 0
+        for later in settled[index + 1 :]:
+            if later[2]:  # unread: the count goes on from the corrected email
+                streak += 1
+                later[2] = streak
+            else:
+                streak = 0
+        state.streak = streak
+        block = state.unread_prior
+        for deadline, contact_event_id, after in settled:
+            if after >= unread.streak:
+                block = [deadline, deadline + unread.block_ms, contact_event_id, after]
+        if block != state.unread_block:
+            state.unread_block = block
+            if block is not None:
+                _trim_due_by(state, block[1])
+            self._evaluate_event(state, (EMAIL,), event, step)
+
+    def _remember_settled(self, state: CustomerState, deadline: int, contact_event_id: str) -> None:
+        # kept until no open for it can be accepted any more (see _reopen_settled); state.streak is its streak
+        settled = state.settled
+        settled.append([deadline, contact_event_id, state.streak])
+        _trim_due_by(state, deadline + self._late_grace_ms + 1)
+        if len(settled) > self._max_contacts:
+            self._forget_settled(state, settled.pop(0))
+            state.trimmed += 1
+
+    def _forget_settled(self, state: CustomerState, entry: list[Any]) -> None:
+        # an email that completed a streak stays the fallback block should a later one be corrected
+        unread = self._unread
+        if unread is not None and entry[2] >= unread.streak:
+            state.unread_prior = [entry[0], entry[0] + unread.block_ms, entry[1], entry[2]]
+            _trim_due_by(state, entry[0] + unread.block_ms)
 
     def _on_unsubscribe(self, state: CustomerState, event: Event, step: Step) -> None:
         channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
@@ -594,10 +651,10 @@ class Guard:
         pending = state.pending
         while pending and (pending[0][2] or pending[0][0] < before_ms):
             deadline, contact_event_id, opened = pending.pop(0)
+            state.streak = 0 if opened else state.streak + 1
+            self._remember_settled(state, deadline, contact_event_id)
             if opened:
-                state.streak = 0
                 continue
-            state.streak += 1
             if unread is not None and state.streak >= unread.streak:
                 state.unread_block = [deadline, deadline + unread.block_ms, contact_event_id, state.streak]
                 _trim_due_by(state, deadline + unread.block_ms)
@@ -797,6 +854,11 @@ class Guard:
                 state.conversation_ms = None
         if state.unread_block is not None and state.unread_block[1] <= now:
             state.unread_block = None
+        settled = state.settled
+        while settled and settled[0][0] + self._late_grace_ms < now:
+            self._forget_settled(state, settled.pop(0))
+        if state.unread_prior is not None and state.unread_prior[1] <= now:
+            state.unread_prior = None
         emitted = state.emitted
         if emitted[0] is not None or emitted[1] is not None or emitted[2] is not None:
             allow_cutoff = now - self._late_grace_ms
@@ -830,6 +892,10 @@ class Guard:
             due = min(due, state.conversation_ms + conversation.block_ms)
         if state.unread_block is not None:
             due = min(due, state.unread_block[1])
+        if settled:
+            due = min(due, settled[0][0] + self._late_grace_ms + 1)
+        if state.unread_prior is not None:
+            due = min(due, state.unread_prior[1])
         for record in emitted:
             if record is None:
                 continue

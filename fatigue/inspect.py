@@ -62,6 +62,11 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
                 {"email_event_id": entry[1], "deadline": format_ms(entry[0]), "opened": bool(entry[2])}
                 for entry in state.pending
             ],
+            # settled by their deadline, kept while a late open could still correct them
+            "emails_settled": [
+                {"email_event_id": entry[1], "deadline": format_ms(entry[0]), "opened": entry[2] == 0}
+                for entry in state.settled
+            ],
         },
         "preferences": preferences_view(state),
         "active_blocks": blocks,

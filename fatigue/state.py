@@ -24,6 +24,8 @@ SCOPE_ALL = 3
 #   timezone:      [ts_ms, name | None]
 #   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
+#   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
+#                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
 #   emitted:       [blocked_since_ms, decision]                  (the last block decision sent for a channel)
 #                  serialised as [blocked_since_ms, [action, reason, rule, rule_id, until_ms, evidence,
 #                  policy_version, decided_at_ms, cause_event_id(, suggest)]]: the customer, the channel and the
@@ -45,11 +47,13 @@ class CustomerState:
         "opt_outs",
         "pending",
         "quiet",
+        "settled",
         "streak",
         "timezone",
         "trim_due_ms",
         "trimmed",
         "unread_block",
+        "unread_prior",
         "watermark_ms",
     )
 
@@ -68,6 +72,8 @@ class CustomerState:
         self.pending: list[list[Any]] = []
         self.streak = 0
         self.unread_block: list[Any] | None = None
+        self.settled: list[list[Any]] = []
+        self.unread_prior: list[Any] | None = None
         self.emitted: list[list[Any] | None] = [None, None, None]
         self.trimmed = 0
         # Not serialised: an instant before which the engine's time-based trim has nothing to drop (0: unknown,
@@ -102,6 +108,10 @@ class CustomerState:
             out["s"] = self.streak
         if self.unread_block is not None:
             out["ub"] = self.unread_block
+        if self.settled:
+            out["sd"] = self.settled
+        if self.unread_prior is not None:
+            out["up"] = self.unread_prior
         emitted = self.emitted
         if emitted[0] is not None or emitted[1] is not None or emitted[2] is not None:
             out["e"] = [None if record is None else [record[0], _pack_decision(record[1])] for record in emitted]
@@ -126,6 +136,8 @@ class CustomerState:
         state.pending = data.get("p") or []
         state.streak = data.get("s", 0)
         state.unread_block = data.get("ub")
+        state.settled = data.get("sd") or []
+        state.unread_prior = data.get("up")
         emitted = data.get("e")
         state.emitted = (
             [

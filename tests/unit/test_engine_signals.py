@@ -204,3 +204,60 @@ def test_a_30d_hangup_block_outlives_the_first_hangup_by_its_own_length():
     assert {decision["channel"] for decision in decisions} == {"email", "sms"}
     # day 50 exactly: the hang-up block is over; a call now only meets the complaint's block (until day 43: over)
     assert s.contact(at(50), "call").violations == []
+
+
+def test_an_open_in_time_that_arrives_after_its_deadline_was_settled_lifts_the_unread_block():
+    # Five mails unread; an SMS an hour after the fifth deadline settles it and blocks email. Then the open of the
+    # fifth mail arrives, made 2 h before its deadline but delivered late (within the 24 h grace): the mail was
+    # read in time, there were only four unread in a row, and the block is lifted.
+    s = Scenario()
+    deadlines = _unread_emails(s, 5)
+    [blocked] = s.contact(deadlines[4] + HOUR, "sms").decisions
+    assert (blocked["reason"], blocked["until"]) == ("unread", format_ms(deadlines[4] + 30 * DAY))
+    [lifted] = s.opened(deadlines[4] - 2 * HOUR, ref="mail-4").decisions
+    assert lifted["channel"] == "email"
+    assert lifted["action"] == "allow"
+    assert lifted["reason"] == "lifted"
+    assert lifted["evidence"] == {"lifted_reason": "unread", "lifted_until": blocked["until"]}
+    assert lifted["decided_at"] == format_ms(deadlines[4] - 2 * HOUR)  # the open's own time
+    assert s.state is not None and s.state.streak == 0 and s.state.unread_block is None
+    # a marketing mail now is no violation
+    assert s.contact(deadlines[4] + 2 * HOUR, "email").violations == []
+
+
+def test_a_late_open_in_the_middle_of_a_streak_counts_the_rest_again():
+    s = Scenario()
+    deadlines = _unread_emails(s, 6)
+    s.contact(deadlines[5] + HOUR, "sms")
+    assert [d["until"] for d in s.decisions if d["reason"] == "unread"] == [
+        format_ms(deadlines[4] + 30 * DAY),  # the fifth in a row
+        format_ms(deadlines[5] + 30 * DAY),  # the sixth moves the end
+    ]
+    # the sixth mail was opened in time after all: the block is the fifth's again (its end moves back)
+    [back] = s.opened(deadlines[5] - HOUR, ref="mail-5").decisions
+    assert (back["action"], back["reason"]) == ("block", "unread")
+    assert back["until"] == format_ms(deadlines[4] + 30 * DAY)
+    assert back["evidence"]["rules"][0]["email_event_id"] == "mail-4"
+    assert s.state is not None and s.state.streak == 0
+
+
+def test_a_late_open_of_an_earlier_mail_breaks_the_streak_into_two_short_ones():
+    s = Scenario()
+    deadlines = _unread_emails(s, 6, spacing_days=0.25)  # four a day: the 7d email cap fires too
+    s.contact(deadlines[5] + HOUR, "sms")
+    assert any(d["reason"] == "unread" for d in s.decisions)
+    # mail-2 was read: 2 unread, 1 read, 3 unread -> never five in a row; the email cap still blocks
+    [after] = s.opened(deadlines[2] - HOUR, ref="mail-2").decisions
+    assert after["reason"] == "cap"
+    assert s.state is not None and s.state.streak == 3 and s.state.unread_block is None
+
+
+def test_opens_too_late_to_count_or_to_be_accepted_change_nothing():
+    s = Scenario()
+    deadlines = _unread_emails(s, 5)
+    s.contact(deadlines[4] + HOUR, "sms")
+    assert s.opened(deadlines[4] + 1, ref="mail-4").decisions == []  # after its deadline: not a read
+    s.contact(deadlines[4] + 2 * DAY, "sms")  # the newest event moves 2 days on
+    step = s.opened(deadlines[4] - HOUR, ref="mail-4")  # in time, but more than 24 h older than the newest
+    assert step.rejection is not None and step.rejection.reason == "late"
+    assert s.current("email") is not None
