@@ -443,8 +443,13 @@ class Guard:
                     decisions.append(allow)
                     emitted[channel] = [cause_ms, allow]
                     _trim_due_by(state, cause_ms + self._late_grace_ms + 1)
-                elif record is not None and record[1]["action"] == "block":
-                    emitted[channel] = None  # expired: nothing to remember
+                elif (
+                    record is not None
+                    and record[1]["action"] == "block"
+                    and record[1]["until_ms"] + self._late_grace_ms <= now
+                ):
+                    # expired, and no contact made while it was in force can still arrive (late)
+                    emitted[channel] = None
                 continue
             if len(candidates) > 1:
                 candidates.sort(key=_candidate_key)  # stable: equal keys keep the order they were found in
@@ -460,7 +465,7 @@ class Guard:
             since = record[0] if previous is not None and record is not None else cause_ms
             emitted[channel] = [since, decision]
             if winner[1] is not None:
-                _trim_due_by(state, winner[1])
+                _trim_due_by(state, winner[1] + self._late_grace_ms)
             decisions.append(decision)
 
     def _candidates(self, state: CustomerState, channel: int, now: int) -> list[_Candidate]:
@@ -866,11 +871,12 @@ class Guard:
                 if record is None:
                     continue
                 decision = record[1]
-                # an allow is kept only while a redelivery of its cause could still arrive (the late grace)
+                # an allow is kept only while a redelivery of its cause could still arrive (the late grace); an
+                # ended block while a contact made before its end could (it is a violation)
                 expired = (
                     decision["decided_at_ms"] < allow_cutoff
                     if decision["action"] == "allow"
-                    else not _blocking(decision, now)
+                    else decision["until_ms"] is not None and decision["until_ms"] <= allow_cutoff
                 )
                 if expired:
                     emitted[index] = None
@@ -903,7 +909,7 @@ class Guard:
             if decision["action"] == "allow":
                 due = min(due, decision["decided_at_ms"] + self._late_grace_ms + 1)
             elif decision["until_ms"] is not None:
-                due = min(due, decision["until_ms"])
+                due = min(due, decision["until_ms"] + self._late_grace_ms)
         state.trim_due_ms = due
 
 

@@ -51,6 +51,27 @@ def test_contact_one_ms_before_the_end_is_a_violation_and_at_the_end_is_not():
     assert s2.violations == []
 
 
+def test_a_contact_made_while_blocked_is_a_violation_even_when_it_arrives_after_the_block_ended():
+    # sms blocked until day 7; events of day 7 + 2 h move the customer's clock past the end (and the hourly trim
+    # runs); then a contact made one ms before the end arrives late, within the 24 h grace: still a violation
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(1), "sms")
+    s.contact(at(7, hours=2), "email")
+    s.contact(at(7, hours=3), "call")
+    late = s.contact(at(7) - 1, "sms", sender="crm-nightly")
+    assert late.rejection is None
+    [violation] = late.violations
+    assert (violation["kind"], violation["until"], violation["sender"]) == ("blocked", format_ms(at(7)), "crm-nightly")
+    # that late contact is the second sms in (day 0 + 3 h, day 7 + 3 h]: blocked again, until day 8
+    assert [(d["channel"], d["until"]) for d in late.decisions] == [("sms", format_ms(at(8)))]
+    # an ended block is kept for the grace after its end, then forgotten
+    s.contact(at(9) - 1, "email")
+    assert s.state is not None and s.state.emitted[1] is not None
+    s.contact(at(9, hours=1), "email")
+    assert s.state.emitted[1] is None
+
+
 def test_block_ends_exactly_at_until():
     s = Scenario()
     s.contact(at(0), "sms")
