@@ -673,15 +673,23 @@ class GuardService:
             record = state.emitted[channel]
             if record is None or record[1]["action"] != "block" or record[1]["until_ms"] is None:
                 continue  # lifted, or blocked for good since
-            if record[1]["until_ms"] > bound:
-                self._schedule_expiry(partition, record[1]["until_ms"], customer, channel)  # re-decided later
+            ended = record[1]["until_ms"]
+            if ended > bound:
+                self._schedule_expiry(partition, ended, customer, channel)  # re-decided later
                 continue
-            state.emitted[channel] = None
-            # stored with the tick's offset: a crash before the tick is committed then finds the state ahead of
-            # the topic and re-sends the tombstone (see _repair)
-            self._store(key, state, offset)
-            self._emit(self.decisions, key=_decision_key(CHANNELS[channel], customer), value=None)
-            self.metrics.tombstones.inc()
+            # The state keeps an ended block for the late grace (a contact made before its end that arrives
+            # later is a violation): the tombstone goes out now, the record is forgotten when the grace is over.
+            forget_at = ended + self.guard.policy.late_grace_ms
+            if forget_at > bound:
+                self._schedule_expiry(partition, forget_at, customer, channel)
+            else:
+                state.emitted[channel] = None
+                # stored with the tick's offset: a crash before the tick is committed then finds the state ahead
+                # of the topic and re-sends the tombstone (see _repair)
+                self._store(key, state, offset)
+            if until != forget_at:  # not the entry that only forgets: its tombstone went out at the end
+                self._emit(self.decisions, key=_decision_key(CHANNELS[channel], customer), value=None)
+                self.metrics.tombstones.inc()
 
     def partitions_changed(self) -> None:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""

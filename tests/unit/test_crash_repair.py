@@ -40,6 +40,7 @@ from faust.types import TP
 from fatigue.clock import partition_for_key
 from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.generate import generate_messages
+from fatigue.state import CustomerState
 from fatigue.testing import DAY, at, policy_named
 from streams.app import CONTROL_HEADER, TICK, GuardService
 from streams.metrics import Metrics
@@ -561,7 +562,30 @@ def test_a_hot_customers_blocks_are_looked_at_when_they_can_end_not_once_per_dec
     assert sorted(service.expiries[0]) == sorted((until, A, CHANNELS.index(c)) for c, until in latest.items())
     tombstones = tick(max(latest.values()) + settle)
     assert sorted(tombstones) == sorted((f"{channel}:{A}".encode(), None) for channel in latest)
+    # the ended blocks stay in the state for the late grace, then they are forgotten without another tombstone
+    grace = service.guard.policy.late_grace_ms
+    assert sorted(service.expiries[0]) == sorted((until + grace, A, CHANNELS.index(c)) for c, until in latest.items())
+    assert tick(max(latest.values()) + grace + settle) == []
+    state = service.table.get(A.encode())
+    assert state is not None and CustomerState.from_bytes(state[8:]).emitted == [None, None, None]
     assert service.expiries[0] == [] and not service.has_due_work(0, max(latest.values()) + 30 * DAY)
+
+
+def test_a_contact_made_before_a_block_ended_is_a_violation_after_its_tombstone_went_out():
+    """A quiet partition's tick tombstones a call block at its end; a contact made a second before the end, which
+    the sender published late, is still a violation of that block (and starts a new one)."""
+    inputs: dict[int, Input] = {0: [_event(A, "c1", at(0), "contact", channel="call")], 1: [], 2: []}
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    worker.handle(inputs, 0, 0)
+    [block] = [orjson.loads(s.value or b"") for s in worker.world.sent if s.topic == SETTINGS.decisions_topic]
+    assert block["until_ms"] == at(1)
+    inputs[0].append(_tick(at(1) + SETTINGS.wall_settle_ms))
+    worker.handle(inputs, 0, 1)
+    assert (worker.world.sent[-1].key, worker.world.sent[-1].value) == (f"call:{A}".encode(), None)
+    inputs[0].append(_event(A, "c2", at(1) - 1_000, "contact", channel="call", sender="dialer-b"))
+    worker.handle(inputs, 0, 2)
+    violations = [orjson.loads(s.value or b"") for s in worker.world.sent if s.topic == SETTINGS.violations_topic]
+    assert [(v["event_id"], v["until"], v["sender"]) for v in violations] == [("c2", block["until"], "dialer-b")]
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
