@@ -230,6 +230,22 @@ class GuardDeployment:
                 offsets.update(admin.list_group_offsets({group: None}).get(group, {}))
         return offsets
 
+    def log_problems(self, limit: int = 60) -> str:
+        """The warnings, errors and tracebacks of every worker log (input-gate seeks included), for failure
+        messages."""
+        marks = ("WARNING", "ERROR", "CRITICAL", "Traceback", "Error", "seeking back", "generation")
+        noise = ("producer buffer full", "Timer commit is overlapping")
+        found: list[str] = []
+        for path in sorted(self.workdir.glob("*.log")):
+            found += [
+                f"{path.stem}: {line[:300]}"
+                for line in path.read_text(errors="replace").splitlines()
+                if any(mark in line for mark in marks) and not any(skip in line for skip in noise)
+            ]
+        shown = found[:limit]
+        more = f"\n  ... {len(found) - limit} more" if len(found) > limit else ""
+        return "worker log problems:\n  " + ("\n  ".join(shown) if shown else "(none)") + more
+
     def log_tail(self, worker: str = "w1", lines: int = 60) -> str:
         path = self.workdir / f"{worker}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,9 +168,28 @@ def assert_decisions_exact(deployment: GuardDeployment, expected: Expected) -> i
     extra = on_topic - expected.decisions
     assert not missing and not extra, (
         f"{sum(missing.values())} decisions missing, {sum(extra.values())} extra; "
-        f"e.g. missing {expected.decisions.examples(missing)} extra {on_topic.examples(extra)}"
+        f"e.g. missing {expected.decisions.examples(missing)} extra {on_topic.examples(extra)}\n"
+        f"{what_happened_to(deployment, expected.decisions, missing)}"
     )
     return sum(on_topic.values())
+
+
+def what_happened_to(deployment: GuardDeployment, tally: Tally, lost: Iterable[bytes], count: int = 5) -> str:
+    """For a failure message: where the events behind some lost decisions sit on the input topic, what the worker
+    dead-lettered them as (if it did), and the worker logs' warnings and errors. A flaky loss is then diagnosable
+    from the CI output alone, after the test's topics and logs are gone."""
+    causes = sorted({orjson.loads(tally.text(digest)).get("cause_event_id") or "?" for digest in lost})[:count]
+    positions = deployment.input_positions()
+    letters: dict[str, list[str]] = {}
+    for _, _, headers in deployment.read_topic("dlq"):
+        event_id = headers.get("fatigue-event-id", b"").decode()
+        if event_id in causes:
+            letters.setdefault(event_id, []).append(headers["fatigue-reason"].decode())
+    lines = [
+        f"  cause {cause}: input (partition, offset) {positions.get(cause, [])}, dead-lettered as {letters.get(cause)}"
+        for cause in causes
+    ]
+    return "\n".join(["what happened to them:", *lines, deployment.log_problems()])
 
 
 @dataclass
