@@ -141,6 +141,9 @@ class GuardService:
         self._series: dict[tuple[Any, ...], Any] = {}
         self.views: ViewConsumer | None = None  # follows the output topics into Redis (set by create_app)
         self.commit_watch = CommitWatch(stall_s=_INPUT_STALL_S)
+        # input partitions to re-read from an offset that never reached the agent: offset, when the seek was made
+        # (None: not yet)
+        self.rereading: dict[int, tuple[int, float | None]] = {}
         self.in_batch = False
 
     # ------------------------------------------------------------------ input agent
@@ -186,6 +189,8 @@ class GuardService:
 
     async def run_batch(self, events: Sequence[EventT[bytes]]) -> None:
         """One input batch as the agent runs it: handle it, deliver its outputs, then store the changed states."""
+        if self.rereading:
+            await self.reread_missed_inputs()
         self.in_batch = True
         try:
             await self._run_batch(events)
@@ -288,7 +293,11 @@ class GuardService:
             # for the commit watch's re-read from the committed offset.
             log.debug("partition %d: offset %d delivered again, skipped", partition, message.offset)
             return
+        if last is not None and message.offset > last + 1 and self._missed(message.tp, last + 1, message.offset):
+            return
         self.last_offset[partition] = message.offset
+        if self.rereading:
+            self.rereading.pop(partition, None)  # the re-read has reached the first missing offset
         headers = dict(message.headers or ())
         if headers.get(CONTROL_HEADER) == TICK:
             self._on_tick(partition, _tick_time(message.value), message.offset)
@@ -354,6 +363,53 @@ class GuardService:
         clock.observe(step.state)
         self._child(self.metrics.partition_event_time, str(partition)).set((clock.time_ms or 0) / 1000)
         self._fire_due(partition, clock.fire_before_ms, "event_time", message.offset)
+
+    def _missed(self, tp: TP, first_missing: int, offset: int) -> bool:
+        """Whether ``offset`` came right after ``first_missing - 1`` because the records between were lost on
+        their way to the agent (it then waits for a re-read from ``first_missing``), rather than skipped for good
+        reason: a seek forward (another worker handled them, or they were committed before a rebalance) or a
+        hole the input gate confirmed (transaction markers, retention).
+
+        The input gate delivers every partition to Faust's delivery loop in sequence from its run's start, so a
+        record of that run missing here was dropped inside Faust (its read-offset filter, its stream's skip during
+        a rebalance): the event would never be handled. Seen once on CI, at a restart, where a contact vanished
+        and the hang-up after it was decided without it. Re-reading from the first missing offset hands it over
+        again; records handled already are skipped on the way.
+        """
+        partition = tp.partition
+        if partition in self.rereading:
+            return True  # fetched before the re-read from the first missing offset, which delivers it again
+        gate = getattr(self.app.consumer, "gate", None)
+        start = gate.run_start(tp) if gate is not None else None
+        if start is None or start > first_missing:
+            return False
+        log.warning(
+            "input partition %d: offset %d reached the agent right after %d, but the input gate had delivered "
+            "%d..%d to Faust: they were dropped on the way; re-reading from %d",
+            *(partition, offset, first_missing - 1, first_missing, offset - 1, first_missing),
+        )
+        self.metrics.input_holes.labels(action="dropped").inc()
+        self.rereading[partition] = (first_missing, None)
+        return True
+
+    async def reread_missed_inputs(self, retry_after_s: float = _INPUT_STALL_S) -> None:
+        """Seek every partition with records lost on their way to the agent back to the first of them (again, if
+        an earlier seek has not brought it within ``retry_after_s``). Between batches only: the acknowledgements of
+        the batch that found the loss (which Faust acknowledges past the missing records) are dropped with Faust's
+        bookkeeping for the partition, so its commits cannot move past records never handled."""
+        now = time.monotonic()
+        for partition, (offset, sought_at) in list(self.rereading.items()):
+            if sought_at is not None and now - sought_at < retry_after_s:
+                continue
+            await self._reread(TP(self.settings.events_topic, partition), offset)
+            self.rereading[partition] = (offset, now)
+
+    async def _reread(self, tp: TP, offset: int) -> None:
+        """Have Faust deliver ``tp`` again from ``offset``, its acknowledgement bookkeeping for it cleared."""
+        consumer: Any = self.app.consumer
+        for book in ("_acked", "_acked_index", "_gap"):
+            getattr(consumer, book, {}).pop(tp, None)
+        await consumer.seek(tp, offset)
 
     def _erase(self, key: bytes, step: Step, partition: int, offset: int) -> None:
         """Right to erasure: delete the state (an empty marker stays until the erasure is committed) and every
@@ -694,6 +750,7 @@ class GuardService:
     def partitions_changed(self) -> None:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
         self.commit_watch.forget()
+        self.rereading.clear()  # the new assignment reads from the committed offsets, which are not past them
         self.clocks.clear()
         self.expiries.clear()
         self.expiry_scheduled.clear()
@@ -748,6 +805,8 @@ class GuardService:
         (see :mod:`streams.commit_watch`)."""
         if self.in_batch or getattr(self.app, "rebalancing", False) or getattr(self.app, "in_recovery", False):
             return
+        if self.rereading:  # no batch has come since the loss was found: the last records went missing
+            await self.reread_missed_inputs()
         consumer: Any = self.app.consumer
         # Faust's own bookkeeping, not public API: committed and last delivered offsets per partition, the
         # messages delivered and not yet acknowledged, and the acknowledged offsets it builds commits from
@@ -779,9 +838,7 @@ class GuardService:
                 read,
                 committed,
             )
-            for book in ("_acked", "_acked_index", "_gap"):
-                getattr(consumer, book, {}).pop(tp, None)
-            await consumer.seek(tp, committed)
+            await self._reread(tp, committed)
             self.commit_watch.forget(tp)
             self.metrics.input_rereads.inc()
 

@@ -64,9 +64,16 @@ class InputOffsetGate:
     def __init__(self) -> None:
         self._next: dict[Hashable, int] = {}
         self._own_seek: dict[Hashable, tuple[int, int]] = {}  # (offset sought to, fetch during which)
+        self._run_start: dict[Hashable, int] = {}
 
     def expected(self, tp: Hashable) -> int | None:
         return self._next.get(tp)
+
+    def run_start(self, tp: Hashable) -> int | None:
+        """Where the gate's current unbroken run of deliveries for ``tp`` began (a seek's target, the first record
+        after an assignment, the record after an accepted hole): every offset from there up to the last one
+        delivered went to Faust's delivery loop, in order. ``None``: nothing is known."""
+        return self._run_start.get(tp)
 
     def sought(self, offsets: Iterable[tuple[Hashable, int | None]]) -> None:
         """The consumer was sought by someone else (Faust, the commit watch): deliver from there (``None``: from
@@ -76,18 +83,23 @@ class InputOffsetGate:
             self._own_seek.pop(tp, None)
             if offset is None or offset < 0:
                 self._next.pop(tp, None)
+                self._run_start.pop(tp, None)
             else:
                 self._next[tp] = offset
+                self._run_start[tp] = offset
 
     def forget(self, tps: Iterable[Hashable]) -> None:
         """Partitions revoked: whoever gets them next starts from the committed offset."""
         for tp in tps:
             self._next.pop(tp, None)
             self._own_seek.pop(tp, None)
+            self._run_start.pop(tp, None)
 
     def admit(self, tp: Hashable, offset: int, fetch: int) -> Verdict:
         expected = self._next.get(tp)
         if expected is None or offset == expected:
+            if expected is None:
+                self._run_start[tp] = offset
             self._next[tp] = offset + 1
             self._own_seek.pop(tp, None)
             return Verdict.DELIVER
@@ -99,6 +111,7 @@ class InputOffsetGate:
                 return Verdict.DROP  # the rest of the fetch the gate sought back from
             del self._own_seek[tp]
             self._next[tp] = offset + 1
+            self._run_start[tp] = offset
             return Verdict.ACCEPT_HOLE
         self._own_seek[tp] = (expected, fetch)  # the caller seeks
         return Verdict.SEEK

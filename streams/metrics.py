@@ -83,11 +83,12 @@ class Metrics:
             "fatigue_input_holes_total",
             "Input records fetched ahead of the next expected offset: 'reread' a stale fetch re-read from the "
             "expected offset, 'marker' a one-offset hole (a transaction marker), 'accepted' a larger hole (records "
-            "deleted before they were read)",
+            "deleted before they were read); 'dropped' records the gate delivered that never reached the agent "
+            "(re-read from the first of them)",
             ["action"],
             registry=r,
         )
-        for action in ("reread", "marker", "accepted"):
+        for action in ("reread", "marker", "accepted", "dropped"):
             self.input_holes.labels(action=action)  # exported at 0 from the start, so increase() sees the first
         self.state_bytes = Histogram(
             "fatigue_state_bytes",

@@ -123,3 +123,23 @@ def test_faust_still_fetches_and_seeks_where_the_gate_sits() -> None:
         assert name in GatedConsumer.__dict__
         assert callable(getattr(AIOKafkaConsumer, name)), name
     assert "_seek" in dir(AIOKafkaConsumer)
+
+
+def test_the_run_start_is_where_the_gates_unbroken_deliveries_began() -> None:
+    """What the agent checks a gap in its input against (GuardService._missed): offsets from the run's start up to
+    the last delivered all went to Faust, so a gap among them was lost inside Faust; a gap before it was not."""
+    gate = InputOffsetGate()
+    assert gate.run_start(P) is None
+    _run(gate, 1, [5, 6])
+    assert gate.run_start(P) == 5  # the first record after an assignment
+    gate.sought([(P, 3)])
+    assert gate.run_start(P) == 3  # a seek: the run starts at its target
+    assert _run(gate, 2, [3, 4, 5, 6]) == [D] * 4 and gate.run_start(P) == 3
+    assert _run(gate, 3, [9]) == [S]  # a hole to confirm: the run goes on from 7
+    assert _run(gate, 4, [9]) == [H]
+    assert gate.run_start(P) == 9  # a confirmed hole: 7 and 8 never reached Faust
+    gate.sought([(P, None)])
+    assert gate.run_start(P) is None
+    gate.sought([(P, 2)])
+    gate.forget([P])
+    assert gate.run_start(P) is None
