@@ -76,6 +76,9 @@ _PREFERENCE_TYPES = frozenset({"preference", "unsubscribe", "sms_stop"})
 _GAUGE_INTERVAL_S = 5.0
 # an input partition whose commits have not moved for this long, with nothing of it in flight, is re-read
 _INPUT_STALL_S = 15.0
+# re-reads of records lost on their way to the agent before the partition goes on without them (a record Faust
+# always drops would otherwise stall its partition for good)
+_REREAD_ATTEMPTS = 3
 
 
 # an output record: topic, key, value (None: a tombstone), headers, partition (None: by key)
@@ -141,9 +144,10 @@ class GuardService:
         self._series: dict[tuple[Any, ...], Any] = {}
         self.views: ViewConsumer | None = None  # follows the output topics into Redis (set by create_app)
         self.commit_watch = CommitWatch(stall_s=_INPUT_STALL_S)
-        # input partitions to re-read from an offset that never reached the agent: offset, when the seek was made
-        # (None: not yet)
-        self.rereading: dict[int, tuple[int, float | None]] = {}
+        # input partitions to re-read from an offset that never reached the agent: offset, when the last seek was
+        # made (None: not yet), seeks made
+        self.rereading: dict[int, tuple[int, float | None, int]] = {}
+        self.given_up: dict[int, int] = {}  # partition -> first missing offset no re-read brought
         self.in_batch = False
 
     # ------------------------------------------------------------------ input agent
@@ -383,6 +387,15 @@ class GuardService:
         partition = tp.partition
         if partition in self.rereading:
             return True  # fetched before the re-read from the first missing offset, which delivers it again
+        if self.given_up.get(partition) == first_missing:
+            del self.given_up[partition]
+            log.error(
+                "input partition %d: offsets %d..%d never reached the agent after %d re-reads; going on without them "
+                "(their events are not handled)",
+                *(partition, first_missing, offset - 1, _REREAD_ATTEMPTS),
+            )
+            self.metrics.input_holes.labels(action="accepted").inc()
+            return False
         gate = getattr(self.app.consumer, "gate", None)
         start = gate.run_start(tp) if gate is not None else None
         if start is None or start > first_missing:
@@ -393,20 +406,24 @@ class GuardService:
             *(partition, offset, first_missing - 1, first_missing, offset - 1, first_missing),
         )
         self.metrics.input_holes.labels(action="dropped").inc()
-        self.rereading[partition] = (first_missing, None)
+        self.rereading[partition] = (first_missing, None, 0)
         return True
 
     async def reread_missed_inputs(self, retry_after_s: float = _INPUT_STALL_S) -> None:
         """Seek every partition with records lost on their way to the agent back to the first of them (again, if
-        an earlier seek has not brought it within ``retry_after_s``). Between batches only: the acknowledgements of
-        the batch that found the loss (which Faust acknowledges past the missing records) are dropped with Faust's
-        bookkeeping for the partition, so its commits cannot move past records never handled."""
+        an earlier seek has not brought it within ``retry_after_s``; after :data:`_REREAD_ATTEMPTS` seeks the
+        partition goes on without them rather than stall). Between batches only, with Faust's acknowledgement
+        bookkeeping for the partition cleared."""
         now = time.monotonic()
-        for partition, (offset, sought_at) in list(self.rereading.items()):
+        for partition, (offset, sought_at, attempts) in list(self.rereading.items()):
             if sought_at is not None and now - sought_at < retry_after_s:
                 continue
+            if attempts >= _REREAD_ATTEMPTS:
+                del self.rereading[partition]
+                self.given_up[partition] = offset  # the next record after the gap is handled, with an error
+                continue
             await self._reread(TP(self.settings.events_topic, partition), offset)
-            self.rereading[partition] = (offset, now)
+            self.rereading[partition] = (offset, now, attempts + 1)
 
     async def _reread(self, tp: TP, offset: int) -> None:
         """Have Faust deliver ``tp`` again from ``offset``, its acknowledgement bookkeeping for it cleared."""
@@ -755,6 +772,7 @@ class GuardService:
         """Forget in-memory indexes: they are rebuilt from the table for the partitions we own next."""
         self.commit_watch.forget()
         self.rereading.clear()  # the new assignment reads from the committed offsets, which are not past them
+        self.given_up.clear()
         self.clocks.clear()
         self.expiries.clear()
         self.expiry_scheduled.clear()

@@ -839,7 +839,7 @@ def test_records_lost_between_the_input_gate_and_the_agent_are_read_again():
         # what is not handled must not count as acknowledged: Faust would commit past the missing record
         assert getattr(message, "acked", False) == (offset > 1)
     assert decisions(worker) == []  # nothing past the gap was handled
-    assert worker.service.rereading == {tp.partition: (1, None)}
+    assert worker.service.rereading == {tp.partition: (1, None, 0)}
     asyncio.run(worker.service.reread_missed_inputs())
     assert sought == [1] and gate.run_start(tp) == 1
     for offset in (2, 3, 1, 2, 3):  # stale records still on their way, then the re-read
@@ -866,3 +866,29 @@ def test_a_gap_the_input_gate_started_past_is_not_a_loss():
         orjson.loads(s.value or b"")["cause_event_id"] for s in worker.world.sent if s.topic == SETTINGS.decisions_topic
     ]
     assert decided == ["a0", "a5"]
+
+
+def test_a_record_no_re_read_brings_is_given_up_rather_than_stalling_its_partition():
+    tp = TP(EVENTS, partition_for_key(A.encode(), PARTITIONS))
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    gate = InputOffsetGate()
+    sought: list[int] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        sought.append(offset)
+        gate.sought([(partition, offset)])
+
+    consumer: Any = worker.service.app.consumer
+    consumer.gate, consumer.seek = gate, seek
+    gate.sought([(tp, 0)])
+    first = _event(A, "a0", at(0), "contact", channel="call", category="marketing")
+    after = _event(A, "a2", at(2), "contact", channel="call", category="marketing")
+    worker.deliver(tp.partition, 0, *first)
+    for _ in range(3):  # offset 1 never comes, however often the partition is re-read
+        worker.deliver(tp.partition, 2, *after)
+        asyncio.run(worker.service.reread_missed_inputs(retry_after_s=0))
+    assert sought == [1, 1, 1] and worker.service.last_offset[tp.partition] == 0
+    asyncio.run(worker.service.reread_missed_inputs(retry_after_s=0))  # gives up
+    worker.deliver(tp.partition, 2, *after)
+    assert worker.service.last_offset[tp.partition] == 2 and worker.service.rereading == {}
+    assert worker.service.metrics.input_holes.labels(action="accepted")._value.get() == 1
