@@ -83,8 +83,8 @@ class Metrics:
             "fatigue_input_holes_total",
             "Input records fetched ahead of the next expected offset: 'reread' a stale fetch re-read from the "
             "expected offset, 'marker' a one-offset hole (a transaction marker), 'accepted' a larger hole (records "
-            "deleted before they were read); 'dropped' records the gate delivered that never reached the agent "
-            "(re-read from the first of them)",
+            "deleted before they were read, or lost inside Faust and not brought by three re-reads); 'dropped' "
+            "records the gate delivered that never reached the agent (re-read from the first of them)",
             ["action"],
             registry=r,
         )
