@@ -13,8 +13,6 @@ honour ``until`` and Redis keys expire at that instant.
 from __future__ import annotations
 
 from bisect import bisect_right, insort
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -34,25 +32,44 @@ _MAX_EVIDENCE_TIMESTAMPS: Final = 10
 _TRIM_PERIOD_MS: Final = 3_600_000
 
 
-@dataclass(slots=True)
 class Step:
-    """What one event (or one advance of time) did: the new state and the effects to route."""
+    """What one event (or one advance of time) did: the new state and the effects to route.
 
-    state: CustomerState | None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    violations: list[dict[str, Any]] = field(default_factory=list)
-    rejection: Rejection | None = None
-    # the customer was erased: drivers delete every derived record (decision keys without a decision in this
-    # step, preferences) and store ``state`` (a minimal suppression) or delete it when None
-    erased: bool = False
+    A plain class rather than a dataclass, like Event (see fatigue.events): one is built for every event.
+    """
+
+    __slots__ = ("decisions", "erased", "rejection", "state", "violations")
+
+    def __init__(
+        self,
+        state: CustomerState | None,
+        decisions: list[dict[str, Any]] | None = None,
+        violations: list[dict[str, Any]] | None = None,
+        rejection: Rejection | None = None,
+        erased: bool = False,
+    ) -> None:
+        self.state = state
+        self.decisions: list[dict[str, Any]] = [] if decisions is None else decisions
+        self.violations: list[dict[str, Any]] = [] if violations is None else violations
+        self.rejection = rejection
+        # the customer was erased: drivers delete every derived record (decision keys without a decision in this
+        # step, preferences) and store ``state`` (a minimal suppression) or delete it when None
+        self.erased = erased
+
+    def __repr__(self) -> str:
+        return (
+            f"Step(state={self.state!r}, decisions={self.decisions!r}, violations={self.violations!r}, "
+            f"rejection={self.rejection!r}, erased={self.erased!r})"
+        )
 
 
 # A candidate block, as a plain tuple (cheaper to build than an object; most are never rendered):
-#   (sort_key, until_ms, reason, rule_id, rule_text, render, data)
+#   (sort_key, until_ms, reason, rule_id, rule_text, render_kind, data)
 # ``sort_key`` orders the latest ``until`` first (None = indefinite beats everything), then the policy's rule
-# order, in one int (see _sort_key); ``render(candidate)`` builds the candidate's entry of the evidence from
-# ``data``, only when a decision is emitted.
-_Candidate = tuple[int, int | None, str, str, str, Callable[[Any], dict[str, Any]], Any]
+# order, in one int (see _sort_key); ``_render(candidate)`` builds the candidate's entry of the evidence from
+# ``data`` by ``render_kind`` (an int, not a function: a direct call when compiled), only when a decision is
+# emitted.
+_Candidate = tuple[int, int | None, str, str, str, int, Any]
 _INDEFINITE: Final = 1 << 62
 _NEVER: Final = 1 << 62  # an instant after any event time
 
@@ -146,7 +163,23 @@ class Guard:
             if len(ids) > self._max_event_ids:
                 del ids[next(iter(ids))]
                 state.trimmed += 1
-        _HANDLERS[event_type](self, state, event, step)
+        # an if-chain, not a table of functions: compiled, these are direct calls
+        if event_type == "contact":
+            self._on_contact(state, event, step)
+        elif event_type == "call_ended":
+            self._on_call_ended(state, event, step)
+        elif event_type == "email_opened":
+            self._on_email_opened(state, event, step)
+        elif event_type == "unsubscribe":
+            self._on_unsubscribe(state, event, step)
+        elif event_type == "complaint":
+            self._on_complaint(state, event, step)
+        elif event_type == "sms_stop":
+            self._on_sms_stop(state, event, step)
+        elif event_type == "preference":
+            self._on_preference(state, event, step)
+        else:
+            raise ValueError(f"no handler for event type {event_type!r}")
         return step
 
     def advance(self, state: CustomerState, now_ms: int) -> Step:
@@ -481,7 +514,7 @@ class Guard:
                     _OPT_OUT_REASONS[source],
                     f"opt_out.{source}",
                     _opt_out_text(source, CHANNELS[channel]),
-                    _render_opt_out,
+                    _RENDER_OPT_OUT,
                     opt_out,
                 )
             )
@@ -502,7 +535,7 @@ class Guard:
                             "complaint",
                             f"{complaint.rule_id}.{'channel' if same else 'other_channels'}",
                             complaint.text(CHANNELS[other], CHANNELS[channel]),
-                            _render_complaint,
+                            _RENDER_COMPLAINT,
                             (complained_at, CHANNELS[other]),
                         )
                     )
@@ -526,7 +559,7 @@ class Guard:
                         "unread",
                         unread.rule_id if unread else "unread",
                         unread.text if unread else "email: unread in a row",
-                        _render_unread,
+                        _RENDER_UNREAD,
                         block,
                     )
                 )
@@ -548,7 +581,7 @@ class Guard:
                     "cap",
                     rule_id,
                     text,
-                    _render_window,
+                    _RENDER_WINDOW,
                     (count, limit, window_text, start, log),
                 )
             )
@@ -573,7 +606,7 @@ class Guard:
                         "global_cap",
                         rule_id,
                         text,
-                        _render_window,
+                        _RENDER_WINDOW,
                         (count, limit, window_text, now - window_ms, newest),
                     )
                 )
@@ -603,7 +636,7 @@ class Guard:
                             "short_hangups",
                             rule.rule_id,
                             text,
-                            _render_hangups,
+                            _RENDER_HANGUPS,
                             (hangups[first : index + 1], rule),
                         )
                     )
@@ -620,7 +653,7 @@ class Guard:
                         "conversation",
                         conversation.rule_id,
                         conversation.text,
-                        _render_conversation,
+                        _RENDER_CONVERSATION,
                         talked_at,
                     )
                 )
@@ -631,7 +664,7 @@ class Guard:
         text = f"customer: {name} <= {limit} per {format_duration(window_ms)}"
         rule_id = f"customer_cap.{'all' if scope == SCOPE_ALL else CHANNELS[scope]}"
         if limit == 0:
-            return (_sort_key(None, 2), None, "customer_cap", rule_id, text, _render_preference, set_at)
+            return (_sort_key(None, 2), None, "customer_cap", rule_id, text, _RENDER_PREFERENCE, set_at)
         if scope == SCOPE_ALL:
             window = _merged_window(state.logs, now, window_ms, limit)
             if window is None:
@@ -646,7 +679,7 @@ class Guard:
                 return None
         until = newest[-limit] + window_ms
         data = (count, limit, format_duration(window_ms), now - window_ms, newest, set_at)
-        return (_sort_key(until, 2), until, "customer_cap", rule_id, text, _render_customer_window, data)
+        return (_sort_key(until, 2), until, "customer_cap", rule_id, text, _RENDER_CUSTOMER_WINDOW, data)
 
     # ------------------------------------------------------------------ unread deadlines
 
@@ -735,7 +768,7 @@ class Guard:
         rendered: dict[int, dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
         if rendered is None:
-            rules = [candidate[5](candidate) for candidate in candidates]
+            rules = [_render(candidate) for candidate in candidates]
         else:
             rules = []
             for candidate in candidates:
@@ -743,9 +776,9 @@ class Guard:
                 if key in rendered:
                     rule = rendered[key]
                     if rule is None:
-                        rule = rendered[key] = candidate[5](candidate)
+                        rule = rendered[key] = _render(candidate)
                 else:
-                    rule = candidate[5](candidate)
+                    rule = _render(candidate)
                 rules.append(rule)
         until = winner[1]
         reason = winner[2]
@@ -941,8 +974,36 @@ def _merged_window(logs: list[list[int]], now: int, window_ms: int, limit: int) 
 
 
 # Renderers of a candidate's entry in the evidence ("rules"): the rule, its end and what shows it is in force.
-# A cap's contacts are the newest ``limit`` in its window, at most _MAX_EVIDENCE_TIMESTAMPS of them (rendered with
-# map: no Python frame per instant, unlike a comprehension).
+# A cap's contacts are the newest ``limit`` in its window, at most _MAX_EVIDENCE_TIMESTAMPS of them.
+
+
+_RENDER_WINDOW: Final = 0
+_RENDER_CUSTOMER_WINDOW: Final = 1
+_RENDER_PREFERENCE: Final = 2
+_RENDER_OPT_OUT: Final = 3
+_RENDER_COMPLAINT: Final = 4
+_RENDER_UNREAD: Final = 5
+_RENDER_HANGUPS: Final = 6
+_RENDER_CONVERSATION: Final = 7
+
+
+def _render(candidate: _Candidate) -> dict[str, Any]:
+    kind = candidate[5]
+    if kind == _RENDER_WINDOW:
+        return _render_window(candidate)
+    if kind == _RENDER_CUSTOMER_WINDOW:
+        return _render_customer_window(candidate)
+    if kind == _RENDER_PREFERENCE:
+        return _render_preference(candidate)
+    if kind == _RENDER_OPT_OUT:
+        return _render_opt_out(candidate)
+    if kind == _RENDER_COMPLAINT:
+        return _render_complaint(candidate)
+    if kind == _RENDER_UNREAD:
+        return _render_unread(candidate)
+    if kind == _RENDER_HANGUPS:
+        return _render_hangups(candidate)
+    return _render_conversation(candidate)
 
 
 def _render_window(candidate: _Candidate) -> dict[str, Any]:
@@ -957,7 +1018,7 @@ def _render_window(candidate: _Candidate) -> dict[str, Any]:
         "limit": limit,
         "window": window_text,
         "window_start": format_ms(start),
-        "contacts": list(map(format_ms, newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :])),
+        "contacts": [format_ms(at) for at in newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :]],
     }
 
 
@@ -974,7 +1035,7 @@ def _render_customer_window(candidate: _Candidate) -> dict[str, Any]:
         "limit": limit,
         "window": window_text,
         "window_start": format_ms(start),
-        "contacts": list(map(format_ms, newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :])),
+        "contacts": [format_ms(at) for at in newest[-min(limit, _MAX_EVIDENCE_TIMESTAMPS) :]],
     }
 
 
@@ -1036,7 +1097,7 @@ def _render_hangups(candidate: _Candidate) -> dict[str, Any]:
         "until": None if until is None else format_ms(until),
         "count": len(window),
         "window": format_duration(rule.window_ms),
-        "hangups": list(map(format_ms, window[-_MAX_EVIDENCE_TIMESTAMPS:])),
+        "hangups": [format_ms(at) for at in window[-_MAX_EVIDENCE_TIMESTAMPS:]],
     }
 
 
@@ -1088,14 +1149,3 @@ def _opt_out_text(source: str, channel: str) -> str:
 
 def _reject(event: Event, reason: str, detail: str) -> Rejection:
     return Rejection(reason, detail, event.event_id, event.customer_id)
-
-
-_HANDLERS = {
-    "contact": Guard._on_contact,
-    "call_ended": Guard._on_call_ended,
-    "email_opened": Guard._on_email_opened,
-    "unsubscribe": Guard._on_unsubscribe,
-    "complaint": Guard._on_complaint,
-    "sms_stop": Guard._on_sms_stop,
-    "preference": Guard._on_preference,
-}

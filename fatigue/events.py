@@ -8,7 +8,6 @@ never kept: the guard stores no phone numbers, addresses or message bodies, what
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,14 +39,22 @@ MAX_CUSTOMER_CAP_COUNT: Final = 256
 MAX_CUSTOMER_CAP_WINDOW_MS: Final = 366 * 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
+# Event, Rejection (and the engine's Step) are plain classes, not dataclasses: compiled by mypyc (setup.py), a
+# dataclass keeps the __init__ that the dataclasses module generates at run time, interpreted, on every event.
+
+
 class Rejection:
     """Why an input was refused. ``reason`` is stable and machine readable; ``detail`` is for humans."""
 
-    reason: str
-    detail: str = ""
-    event_id: str | None = None
-    customer_id: str | None = None
+    __slots__ = ("customer_id", "detail", "event_id", "reason")
+
+    def __init__(
+        self, reason: str, detail: str = "", event_id: str | None = None, customer_id: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.event_id = event_id
+        self.customer_id = customer_id
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,8 +64,33 @@ class Rejection:
             "customer_id": self.customer_id,
         }
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rejection) and self.to_dict() == other.to_dict()
 
-@dataclass(slots=True)
+    def __hash__(self) -> int:
+        return hash((self.reason, self.detail, self.event_id, self.customer_id))
+
+    def __repr__(self) -> str:
+        return f"Rejection({self.reason!r}, {self.detail!r}, {self.event_id!r}, {self.customer_id!r})"
+
+
+_EVENT_FIELDS: Final = (
+    "type",
+    "event_id",
+    "customer_id",
+    "ts_ms",
+    "channel",
+    "category",
+    "sender",
+    "campaign",
+    "ref",
+    "duration_s",
+    "answered",
+    "machine",
+    "prefs",
+)
+
+
 class Event:
     """A validated input event. Only contract fields survive validation.
 
@@ -67,19 +99,63 @@ class Event:
     ``timezone`` (IANA name or None to clear).
     """
 
-    type: str
-    event_id: str
-    customer_id: str
-    ts_ms: int
-    channel: str | None = None
-    category: str = "marketing"
-    sender: str | None = None
-    campaign: str | None = None
-    ref: str | None = None
-    duration_s: float = 0.0
-    answered: bool = True
-    machine: bool = False
-    prefs: dict[str, Any] | None = None
+    __slots__ = _EVENT_FIELDS
+
+    def __init__(
+        self,
+        type: str,
+        event_id: str,
+        customer_id: str,
+        ts_ms: int,
+        channel: str | None = None,
+        category: str = "marketing",
+        sender: str | None = None,
+        campaign: str | None = None,
+        ref: str | None = None,
+        duration_s: float = 0.0,
+        answered: bool = True,
+        machine: bool = False,
+        prefs: dict[str, Any] | None = None,
+    ) -> None:
+        self.type = type
+        self.event_id = event_id
+        self.customer_id = customer_id
+        self.ts_ms = ts_ms
+        self.channel = channel
+        self.category = category
+        self.sender = sender
+        self.campaign = campaign
+        self.ref = ref
+        self.duration_s = duration_s
+        self.answered = answered
+        self.machine = machine
+        self.prefs = prefs
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.type,
+            self.event_id,
+            self.customer_id,
+            self.ts_ms,
+            self.channel,
+            self.category,
+            self.sender,
+            self.campaign,
+            self.ref,
+            self.duration_s,
+            self.answered,
+            self.machine,
+            self.prefs,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(_EVENT_FIELDS, self._fields(), strict=True))
+        return f"Event({shown})"
 
 
 class _Invalid(Exception):
