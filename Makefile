@@ -31,7 +31,9 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The core's hot modules are compiled (setup.py): an edited one must be rebuilt (until then `import fatigue` falls
+# back to the sources with a warning, see fatigue/_core.py), so any edit of fatigue/ reinstalls.
+$(STAMP): pyproject.toml setup.py $(wildcard fatigue/*.py)
 	@test -x $(BIN)/python || { \
 	  command -v $(PYTHON) >/dev/null || { echo "error: '$(PYTHON)' not found; fatigue-guard needs Python >= 3.11 (make venv PYTHON=...)" >&2; exit 1; }; \
 	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -40,6 +42,7 @@ $(STAMP): pyproject.toml
 	  $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "error: $(VENV) uses $$($(BIN)/python -V 2>&1); delete it and run make venv with PYTHON=python3.11+" >&2; exit 1; }
+	@echo "installing fatigue-guard (editable) and compiling the core with mypyc (about a minute)"
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
@@ -71,7 +74,7 @@ test: venv deps
 	$(STACK) up || rc=$$?; \
 	if [ "$$rc" -eq 0 ]; then \
 	  eval "$$($(STACK) env)"; \
-	  export FATIGUE_REQUIRE_CHROMIUM=1; \
+	  export FATIGUE_REQUIRE_CHROMIUM=1 FATIGUE_REQUIRE_COMPILED=1; \
 	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
 	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
 	  echo "+ pytest $(PYTEST_ARGS)"; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \

@@ -12,7 +12,9 @@ Measured, in this order, over the same lines:
 * ``json.loads`` of every line: what a naive standard-library parser costs;
 * ``parse_event`` alone: decoding plus contract validation;
 * the full replay (``Replay.feed`` for every line, then ``finish``): parse, de-duplication, state, rules,
-  decisions and violations, all customers' state in memory.
+  decisions and violations, all customers' state in memory;
+* when the compiled core runs (``make venv`` builds it, see setup.py), the same replay once more with the pure-Python
+  sources, in a child process (``FATIGUE_PURE_PYTHON=1``): the speed-up of the compiled build in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import orjson
 
+import fatigue
 import fatigue.generate
 from fatigue.engine import Guard
 from fatigue.events import parse_event
@@ -65,8 +69,22 @@ def timed(label: str, work: Callable[[], object], count: int) -> float:
     started = time.perf_counter()
     work()
     elapsed = time.perf_counter() - started
-    print(f"  {label:<34} {count / elapsed:>12,.0f} events/s  {elapsed * 1e6 / count:>8.2f} us/event  {elapsed:7.2f}s")
+    print(f"  {label:<40} {count / elapsed:>12,.0f} events/s  {elapsed * 1e6 / count:>8.2f} us/event  {elapsed:7.2f}s")
     return elapsed
+
+
+def pure_replay_seconds(argv: list[str], count: int) -> float:
+    """The same replay with the pure-Python core, in a child process (a process loads one flavour only)."""
+    child = subprocess.run(
+        [sys.executable, __file__, *argv, "--replay-only"],
+        env={**os.environ, "FATIGUE_PURE_PYTHON": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = child.stdout.rstrip().splitlines()[-1]
+    print(line)
+    return float(line.rsplit(None, 1)[1].rstrip("s"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,17 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-json", action="store_true", help="skip the json.loads baseline")
     parser.add_argument("--profile", action="store_true", help="also cProfile the replay and print the hot spots")
     parser.add_argument("--profile-events", type=int, default=200_000, help="lines to profile (default: %(default)s)")
+    parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python replay of a compiled build")
+    parser.add_argument("--replay-only", action="store_true", help=argparse.SUPPRESS)  # the pure child's mode
     args = parser.parse_args(argv)
 
     path = events_file(args.events, args.customers, args.seed, args.skew)
     lines = path.read_bytes().splitlines()
     policy = load_policy(args.policy)
     count = len(lines)
-    print(
-        f"core replay: {count:,} events, {args.customers:,} customers (skew {args.skew:g}), seed {args.seed}, "
-        f"policy {policy.version}\n"
-        f"  Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpu(s); file {path.name}"
-    )
+    flavour = fatigue.core_flavour()
+    if not args.replay_only:
+        print(
+            f"core replay: {count:,} events, {args.customers:,} customers (skew {args.skew:g}), seed {args.seed}, "
+            f"policy {policy.version}\n"
+            f"  Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpu(s); file {path.name}; "
+            f"{flavour} core"
+        )
 
     def orjson_baseline() -> None:
         loads, error = orjson.loads, orjson.JSONDecodeError
@@ -121,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             feed(line)
         replay.finish(replay.newest_ms)
 
+    if args.replay_only:
+        timed(f"replay, {flavour} core", full_replay, count)
+        return 0
     baseline = timed("orjson.loads (baseline)", orjson_baseline, count)
     naive = None if args.no_json else timed("json.loads (naive baseline)", json_baseline, count)
     parsing = timed("parse_event (decode + validate)", parse_only, count)
-    total = timed("replay (parse + engine)", full_replay, count)
+    total = timed(f"replay (parse + engine), {flavour} core", full_replay, count)
+    pure = None if flavour != "compiled" or args.no_pure else pure_replay_seconds(argv or sys.argv[1:], count)
 
     stats = replay.stats
     decisions = sum(stats.decisions.values())
@@ -135,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if naive is not None:
         print(f"  ratio replay / json.loads:   {total / naive:.1f}x")
     print(f"  engine share of replay time: {(total - parsing) / total:.0%}")
+    if pure is not None:
+        print(f"  compiled core speed-up over the pure-Python sources: {pure / total:.2f}x")
     verdict = "meets" if rate >= TARGET_EVENTS_PER_S else "is BELOW"
     print(f"  {rate:,.0f} events/s {verdict} the {TARGET_EVENTS_PER_S:,} events/s one-core target")
     print(

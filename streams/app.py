@@ -43,6 +43,7 @@ from faust.streams import _current_event
 from faust.types import TP, EventT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fatigue import core_flavour
 from fatigue.clock import PartitionClock, partition_for_key
 from fatigue.engine import Guard, Step
 from fatigue.events import CHANNELS, Rejection, parse_event
@@ -997,6 +998,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     """Build the Faust app and its service from settings (the composition root)."""
     metrics = metrics or Metrics(max_sender_labels=settings.sender_label_limit)
     metrics.policy_info.labels(version=policy.version).set(1)
+    metrics.core_info.labels(flavour=core_flavour()).set(1)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",

@@ -133,6 +133,12 @@ class Metrics:
         self.policy_info = Gauge(
             "fatigue_policy_info", "The policy this worker runs (value 1)", ["version"], registry=r
         )
+        self.core_info = Gauge(
+            "fatigue_core_info",
+            "The decision core this worker runs (value 1): compiled by mypyc, or pure Python (slower, same outputs)",
+            ["flavour"],
+            registry=r,
+        )
         self.refreshes = Counter(
             "fatigue_metric_refreshes_total",
             "Runs of the timer that refreshes lag, state size and active blocks (stalls when the worker does)",

@@ -9,6 +9,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import disable_created_metrics
 
+from fatigue import core_flavour
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import tune_gc
 from streams.settings import Settings, settings_from
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     app, _ = create_app(settings, policy)
     log.info(
-        "starting worker %s: policy %s, input %s (%d partitions), decisions %s, redis %s, web :%d",
+        "starting worker %s: policy %s, %s core, input %s (%d partitions), decisions %s, redis %s, web :%d",
         settings.app_id,
         policy.version,
+        core_flavour(),
         settings.events_topic,
         settings.partitions,
         settings.decisions_topic,

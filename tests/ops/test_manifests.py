@@ -76,13 +76,21 @@ def test_dockerfile_installs_the_project_and_runs_the_worker():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        if source.startswith("--from="):
+            continue  # a copy out of the build stage, not from the repository
         for path in source.split():
             assert (REPO / path).exists(), path
     assert 'ENTRYPOINT ["fatigue", "worker"]' in text
-    assert set(re.findall(r"\b(FATIGUE_[A-Z_]+)=", text)) <= KNOWN_SETTINGS
+    # the worker's settings, and setup.py's switch (the dependency layer installs an empty package: nothing to build)
+    assert set(re.findall(r"\b(FATIGUE_[A-Z_]+)=", text)) <= KNOWN_SETTINGS | {"FATIGUE_PURE_PYTHON"}
+    # the runtime image runs the compiled core, built in a stage that has a compiler, and refuses to build without
+    assert re.search(r"^FROM python:3\.11 AS build$", text, re.M) and "pip wheel" in text
+    assert "core_flavour() == 'compiled'" in text
     assert "USER fatigue" in text and "/data" in text
     ignored = (REPO / ".dockerignore").read_text().splitlines()
-    assert ignored[1:2] == ["*"] and {"!fatigue/", "!streams/", "!config/", "!pyproject.toml"} <= set(ignored)
+    assert ignored[1:2] == ["*"] and {"!fatigue/", "!streams/", "!config/", "!pyproject.toml", "!setup.py"} <= set(
+        ignored
+    )
 
 
 # ------------------------------------------------------------------------------------------ kubernetes

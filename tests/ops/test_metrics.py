@@ -160,7 +160,7 @@ def test_no_label_can_carry_a_customer_id():
     metrics = Metrics()
     install_faust_sensor(SimpleNamespace(), metrics.registry)
     allowed = {"type", "channel", "category", "reason", "action", "kind", "sender", "clock", "op", "partition"}
-    allowed |= {"topic", "version", "table", "operation", "stream", "metric", "status_code", "le"}
+    allowed |= {"topic", "version", "flavour", "table", "operation", "stream", "metric", "status_code", "le"}
     declared = {
         label
         for metric in vars(metrics).values()
