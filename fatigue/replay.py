@@ -112,7 +112,9 @@ class Replay:
         if bound is None:
             return
         for customer in clock.due(bound):
-            state = self.states[customer]
+            state = self.states.get(customer)
+            if state is None:
+                continue  # erased since it was scheduled (the worker skips it alike)
             fired = self.guard.advance(state, bound)
             step.decisions.extend(fired.decisions)
             clock.schedule(state)

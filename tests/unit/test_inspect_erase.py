@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import orjson
 
+from fatigue.engine import Guard
 from fatigue.inspect import explain
-from fatigue.testing import Scenario, at
+from fatigue.replay import Replay
+from fatigue.testing import Scenario, at, policy_named
 from fatigue.timeutil import format_ms
 
 
@@ -66,3 +68,22 @@ def test_erased_customer_who_opted_out_stays_suppressed_with_nothing_else():
     assert s.contact(at(3), "email").violations
     [allow] = s.preference(at(4), channel="email", opt_out=False).decisions
     assert allow["action"] == "allow"
+
+
+def test_a_partitioned_replay_goes_on_past_an_erased_customer_whose_unread_deadline_was_pending():
+    """The partition clock still holds the erased customer's deadline; when the partition's event time passes it,
+    there is nobody to advance (it used to stop the replay with a KeyError)."""
+
+    def line(**fields: object) -> bytes:
+        return orjson.dumps({"category": "marketing", **fields})
+
+    replay = Replay(Guard(policy_named("default")), partitions=1)
+    replay.feed(line(event_id="m1", type="contact", customer_id="gone", channel="email", ts=format_ms(at(0))))
+    erased = replay.feed(orjson.dumps({"event_id": "e1", "type": "erase", "customer_id": "gone", "ts": at(1)}))
+    assert erased.erased and erased.state is None
+    # the partition's clock passes the erased customer's 72 h deadline (plus the settle time) with someone else
+    for day in (2, 5, 9):
+        step = replay.feed(line(event_id=f"o{day}", type="contact", customer_id="other", channel="sms", ts=at(day)))
+        assert step.rejection is None
+    assert "gone" not in replay.states
+    assert replay.finish(replay.newest_ms) == []
