@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in lines:
             parse_event(line)
 
-    # the same collector tuning as `fatigue replay` and the worker, for every measurement below
-    tune_gc()
+    # the same collector setting as `fatigue replay` (off: the core makes no cycles), for every measurement below
+    tune_gc(core_only=True)
     replay = Replay(Guard(policy))
 
     def full_replay() -> None:

@@ -123,7 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fatigue replay: --deadline-settle: {error}", file=sys.stderr)
         return 2
-    tune_gc()
+    tune_gc(core_only=True)
     replay = Replay(Guard(policy), partitions=args.partitions, settle_ms=settle_ms)
     dumps = orjson.dumps
     try:
