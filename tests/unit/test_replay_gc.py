@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import orjson
@@ -35,10 +36,11 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
-def _with_erasures(lines: list[bytes], every: int) -> list[bytes]:
-    """The stream with an erasure of the customer of every ``every``-th well-formed line, right after it."""
+@cache
+def _stream_with_erasures(every: int = 997) -> tuple[bytes, ...]:
+    """A generated stream with an erasure of the customer of every ``every``-th well-formed line, right after it."""
     out: list[bytes] = []
-    for index, line in enumerate(lines):
+    for index, line in enumerate(generate_events(30_000, 400, seed=11)):
         out.append(line)
         if index % every:
             continue
@@ -49,13 +51,13 @@ def _with_erasures(lines: list[bytes], every: int) -> list[bytes]:
         if isinstance(event, dict) and isinstance(event.get("customer_id"), str) and "ts" in event:
             erase = {"event_id": f"erase-{index}", "type": "erase", "customer_id": event["customer_id"]}
             out.append(orjson.dumps({**erase, "ts": event["ts"]}))
-    return out
+    return tuple(out)
 
 
 @pytest.mark.parametrize("policy_name", ["default", "reg-f", "tcpa"])
 @pytest.mark.parametrize("partitions", [None, 4])
 def test_a_replay_leaves_no_cyclic_garbage(policy_name: str, partitions: int | None) -> None:
-    lines = _with_erasures(list(generate_events(30_000, 400, seed=11)), every=997)
+    lines = _stream_with_erasures()
     policy = load_policy(POLICIES / f"{policy_name}.toml")
     outputs = erased = 0
     with collector_off():
