@@ -64,6 +64,7 @@ stack-reset:
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 # Every step runs even if an earlier one failed, so one CI run reports all problems. The exit code is
@@ -76,6 +77,7 @@ test: venv deps
 	  eval "$$($(STACK) env)"; \
 	  export FATIGUE_REQUIRE_CHROMIUM=1 FATIGUE_REQUIRE_COMPILED=1; \
 	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
+	  echo "+ ruff format --check ."; $(BIN)/ruff format --check . || lint_rc=1; \
 	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
 	  echo "+ pytest $(PYTEST_ARGS)"; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$$rc" -eq 0 ]; then rc=$$lint_rc; fi; \

@@ -1,6 +1,6 @@
 """A dialer honouring the guard: bootstrap the current blocks, then follow them live.
 
-    python docs/examples/dialer.py 127.0.0.1:19092 fatigue.blocks.v1 cust-42
+python docs/examples/dialer.py 127.0.0.1:19092 fatigue.blocks.v1 cust-42
 """
 
 import sys

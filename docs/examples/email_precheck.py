@@ -1,6 +1,6 @@
 """An email platform honouring the guard: one lookup before a send, and a bulk audience filter.
 
-    python docs/examples/email_precheck.py redis://127.0.0.1:16379/0 cust-42 cust-43 cust-44
+python docs/examples/email_precheck.py redis://127.0.0.1:16379/0 cust-42 cust-43 cust-44
 """
 
 import os
