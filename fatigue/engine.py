@@ -270,7 +270,13 @@ class Guard:
         unread = self._unread
         if unread is not None and channel == EMAIL and event.category == "marketing":
             pending = state.pending
-            insort(pending, [ts + unread.deadline_ms, event.event_id, 0])
+            deadline = ts + unread.deadline_ms
+            opened = 0
+            if state.early_opens:
+                # its open was delivered first (two producers, no order between them)
+                opened_at = state.early_opens.pop(event.event_id, None)
+                opened = 1 if opened_at is not None and opened_at <= deadline else 0
+            insort(pending, [deadline, event.event_id, opened])
             if len(pending) > self._max_contacts:
                 # a hot key: stop tracking its oldest unsettled mail (counted in `trimmed`) to stay bounded
                 del pending[0]
@@ -329,20 +335,39 @@ class Guard:
                 break
         else:
             # not awaiting an open any more: it may have been settled as unread before this open (in time, but
-            # delivered out of order) arrived
-            self._reopen_settled(state, event, step)
+            # delivered out of order) arrived, or its email may not have arrived yet
+            if not self._reopen_settled(state, event, step) and self._unread is not None:
+                self._remember_early_open(state, event)
         while pending and pending[0][2]:
             deadline, contact_event_id, _ = pending.pop(0)
             state.streak = 0
             self._remember_settled(state, deadline, contact_event_id)
 
-    def _reopen_settled(self, state: CustomerState, event: Event, step: Step) -> None:
+    def _remember_early_open(self, state: CustomerState, event: Event) -> None:
+        """Keep an open for an email not seen yet, until no contact made before the open can be accepted any more.
+
+        The email's ``contact`` and the open come from different systems (sender, mail platform), so the open can
+        be delivered first. Dropped with the event ids once older than the late grace (see _trim); the earliest
+        open of an email is the one that can be in time.
+        """
+        ref = event.ref
+        assert ref is not None  # validated: an email_opened always names its email
+        early = state.early_opens
+        known = early.get(ref)
+        if known is None or event.ts_ms < known:
+            early[ref] = event.ts_ms
+        if len(early) > self._max_event_ids:
+            del early[next(iter(early))]
+            state.trimmed += 1
+
+    def _reopen_settled(self, state: CustomerState, event: Event, step: Step) -> bool:
         """Correct the unread count when an email settled as unread turns out to have been opened in time.
 
         Settled emails are kept while an open for them can still be accepted (deadline within the late grace of
         the newest event). The streak after the corrected email is counted again, and the unread block becomes
         the one the corrected sequence gives: the latest email that completed a streak, or none; the email
-        channel is then evaluated again (an ``allow`` when nothing else blocks it).
+        channel is then evaluated again (an ``allow`` when nothing else blocks it). True when the open is for a
+        settled email (corrected or not).
         """
         settled = state.settled
         unread = self._unread
@@ -350,9 +375,9 @@ class Guard:
             if entry[1] == event.ref:
                 break
         else:
-            return
+            return False
         if entry[2] == 0 or event.ts_ms > entry[0] or unread is None:
-            return  # read already, or opened after its deadline: unread it stays
+            return True  # read already, or opened after its deadline: unread it stays
         entry[2] = 0
         streak = 0
         for later in settled[index + 1 :]:
@@ -371,6 +396,7 @@ class Guard:
             if block is not None:
                 _trim_due_by(state, block[1])
             self._evaluate_event(state, (EMAIL,), event, step)
+        return True
 
     def _remember_settled(self, state: CustomerState, deadline: int, contact_event_id: str) -> None:
         # kept until no open for it can be accepted any more (see _reopen_settled); state.streak is its streak
@@ -869,6 +895,11 @@ class Guard:
             stale.append(event_id)
         for event_id in stale:
             del ids[event_id]
+        early = state.early_opens
+        if early:
+            # an email contact made before the open would now be rejected as late: it can no longer arrive
+            for ref in [ref for ref, opened_at in early.items() if opened_at < id_cutoff]:
+                del early[ref]
         if now < state.trim_due_ms:
             return
         retention = self._retention_ms

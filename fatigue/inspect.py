@@ -67,6 +67,11 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
                 {"email_event_id": entry[1], "deadline": format_ms(entry[0]), "opened": entry[2] == 0}
                 for entry in state.settled
             ],
+            # human opens delivered before the email they are for, kept for the late grace to be matched
+            "opens_awaiting_their_email": [
+                {"email_event_id": ref, "opened_at": format_ms(opened_at)}
+                for ref, opened_at in state.early_opens.items()
+            ],
         },
         "preferences": preferences_view(state),
         "active_blocks": blocks,

@@ -23,6 +23,7 @@ SCOPE_ALL = 3
 #   quiet hours:   [ts_ms, start_minute | None, end_minute | None]
 #   timezone:      [ts_ms, name | None]
 #   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
+#   early opens:   {contact_event_id: opened_at_ms}, human opens delivered before the email they are for
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
 #                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
@@ -40,6 +41,7 @@ class CustomerState:
         "conversation_ms",
         "customer_caps",
         "customer_id",
+        "early_opens",
         "emitted",
         "hangups",
         "ids",
@@ -70,6 +72,9 @@ class CustomerState:
         self.quiet: list[list[Any] | None] = [None, None, None]
         self.timezone: list[Any] | None = None
         self.pending: list[list[Any]] = []
+        # opens and contacts come from different producers with no order between them: an open whose email has
+        # not arrived yet waits here (within the late grace) to be matched when it does
+        self.early_opens: dict[str, int] = {}
         self.streak = 0
         self.unread_block: list[Any] | None = None
         self.settled: list[list[Any]] = []
@@ -104,6 +109,8 @@ class CustomerState:
             out["tz"] = self.timezone
         if self.pending:
             out["p"] = self.pending
+        if self.early_opens:
+            out["eo"] = [value for pair in self.early_opens.items() for value in pair]
         if self.streak:
             out["s"] = self.streak
         if self.unread_block is not None:
@@ -134,6 +141,8 @@ class CustomerState:
         state.quiet = data.get("q") or [None, None, None]
         state.timezone = data.get("tz")
         state.pending = data.get("p") or []
+        flat_opens = data.get("eo") or []
+        state.early_opens = dict(zip(flat_opens[::2], flat_opens[1::2], strict=True))
         state.streak = data.get("s", 0)
         state.unread_block = data.get("ub")
         state.settled = data.get("sd") or []

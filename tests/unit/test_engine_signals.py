@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fatigue.testing import DAY, HOUR, Scenario, at
+from dataclasses import replace
+
+from fatigue.testing import DAY, HOUR, Scenario, at, policy_named
 from fatigue.timeutil import format_ms
 
 
@@ -261,3 +263,45 @@ def test_opens_too_late_to_count_or_to_be_accepted_change_nothing():
     step = s.opened(deadlines[4] - HOUR, ref="mail-4")  # in time, but more than 24 h older than the newest
     assert step.rejection is not None and step.rejection.reason == "late"
     assert s.current("email") is not None
+
+
+def test_an_open_delivered_before_its_email_is_a_read():
+    #  day 0 10:00  open of mail-4 delivered (the mail platform is faster than the sender's contact event)
+    #  day 0 09:00  mail-4 itself (an hour older, delivered after its open): read, so never five unread in a row
+    s = Scenario()
+    deadlines = _unread_emails(s, 4)
+    fifth = deadlines[3] + DAY
+    s.opened(fifth + HOUR, ref="mail-4")
+    assert s.state is not None and s.state.early_opens == {"mail-4": fifth + HOUR}
+    s.contact(fifth, "email", event_id="mail-4")
+    assert s.state.early_opens == {}
+    s.advance(fifth + 30 * DAY)
+    assert [d for d in s.decisions if d["reason"] == "unread"] == []
+    assert s.state.streak == 0
+
+
+def test_an_early_open_after_its_emails_deadline_is_no_read():
+    # with the default 72 h deadline and 24 h grace an open delivered first is always in time for a mail that can
+    # still be accepted; a policy with a deadline shorter than the grace shows the check
+    default = policy_named("default")
+    assert default.unread is not None
+    s = Scenario(replace(default, unread=replace(default.unread, deadline_ms=HOUR)))
+    s.opened(at(0, hours=1, ms=1), ref="mail")  # 1 ms after the deadline of the mail it is for
+    s.contact(at(0), "email", event_id="mail")
+    assert s.state is not None and s.state.pending == [[at(0, hours=1), "mail", 0]]
+    s.opened(at(0, hours=2), ref="mail-2")
+    s.contact(at(0, hours=1), "email", event_id="mail-2")  # opened exactly at its deadline: a read
+    # the newest event (2 h) settled "mail" as unread (streak 1); "mail-2" waits, already read
+    assert s.state.settled == [[at(0, hours=1), "mail", 1]]
+    assert s.state.pending == [[at(0, hours=2), "mail-2", 1]]
+
+
+def test_an_early_open_is_forgotten_once_its_email_could_no_longer_be_accepted():
+    # the open is kept while a mail sent before it can still arrive: for the 24 h late grace of the newest event
+    s = Scenario()
+    s.opened(at(0), ref="never-sent")
+    s.contact(at(1), "sms")  # exactly 24 h newer: a mail at day 0 would still be accepted
+    assert s.state is not None and s.state.early_opens == {"never-sent": at(0)}
+    s.contact(at(1, hours=1), "sms")  # the hourly trim: a mail at day 0 would now be late
+    assert s.state.early_opens == {}
+    assert s.contact(at(0), "email", event_id="never-sent").rejection.reason == "late"  # type: ignore[union-attr]

@@ -17,8 +17,12 @@ def test_inspect_explains_counts_signals_preferences_and_blocks():
     s.contact(at(1), "sms", event_id="s2")
     s.call_ended(at(1, hours=1), duration_s=4)
     s.preference(at(1, hours=2), channel="email", quiet_hours={"start": "21:00", "end": "08:00"})
+    s.opened(at(1, hours=3), ref="mail-not-seen-yet")
     assert s.state is not None
     view = explain(s.guard, s.state)
+    assert view["signals"]["opens_awaiting_their_email"] == [
+        {"email_event_id": "mail-not-seen-yet", "opened_at": format_ms(at(1, hours=3))}
+    ]
     assert view["customer_id"] == "cust-1"
     assert view["window_counts"]["cap.sms.7d"]["count"] == 2
     assert view["window_counts"]["global_cap.7d"]["count"] == 2
