@@ -55,8 +55,26 @@ def parse_iso_ms(text: str) -> int | None:
     return _parse_any_iso_ms(text)
 
 
+# ISO-8601 allows a decimal fraction on the lowest component given: "T10.5" is 10:30 and "T10:00.5" 10:00:30, but
+# datetime.fromisoformat reads both as 10:00:00.5. Only a fraction of seconds (hh:mm:ss.f or hhmmss.f) is accepted;
+# the others are refused rather than read as another instant.
+_EXTENDED_SECONDS = re.compile(r"\d\d:\d\d:\d\d", re.ASCII)
+_BASIC_SECONDS = re.compile(r"\D\d{6}", re.ASCII)
+
+
+def _fractions_follow_seconds(text: str) -> bool:
+    for at, char in enumerate(text):
+        if (char == "." or char == ",") and not (
+            _EXTENDED_SECONDS.fullmatch(text, max(at - 8, 0), at) or _BASIC_SECONDS.fullmatch(text, max(at - 7, 0), at)
+        ):
+            return False
+    return True
+
+
 def _parse_any_iso_ms(text: str) -> int | None:
-    # the authority: every form datetime.fromisoformat accepts, and every rejection
+    # the authority: every form datetime.fromisoformat accepts (but misread fractions), and every rejection
+    if not _fractions_follow_seconds(text):
+        return None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:

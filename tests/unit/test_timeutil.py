@@ -74,3 +74,26 @@ def test_the_senders_forms_take_the_fast_path() -> None:
     ):
         assert _parse_common_iso_ms(text) == expected
         assert _parse_any_iso_ms(text) == expected
+
+
+def test_a_fraction_of_an_hour_or_minute_is_refused_not_read_as_a_fraction_of_a_second() -> None:
+    # ISO-8601: "T10.5" is 10:30 and "T10:00.5" is 10:00:30; datetime.fromisoformat reads both as 10:00:00.5
+    for text in (
+        "2026-11-23T10.5Z",
+        "2026-11-23T10,5Z",
+        "2026-11-23T10:00.5Z",
+        "2026-11-23T10:00,5Z",
+        "2026-11-23T10.5+08:00",
+        "20261123T1030.5Z",
+    ):
+        assert parse_iso_ms(text) is None, text
+    # a fraction of a second, with either decimal sign, in the extended and the basic format
+    second = parse_iso_ms("2026-11-23T10:30:00Z")
+    assert second is not None
+    for text in (
+        "2026-11-23T10:30:00.5Z",
+        "2026-11-23T10:30:00,5Z",
+        "20261123T103000.5Z",
+        "2026-11-23T18:30:00,5+08:00",
+    ):
+        assert parse_iso_ms(text) == second + 500, text
