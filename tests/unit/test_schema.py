@@ -225,6 +225,18 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("preference_quiet_no_end", event("preference", quiet_hours={"start": "21:00"}), "bad_field:quiet_hours"),
     ("preference_numeric_timezone", event("preference", timezone=5), "bad_field:timezone"),
     ("preference_empty_timezone", event("preference", timezone=""), "bad_field:timezone"),
+    # a Python validator's `$` also matches before a final newline: the patterns must not let one through
+    ("ts_trailing_newline", {**CONTACT, "ts": "2026-11-23T10:00:00Z\n"}, "bad_timestamp"),
+    (
+        "preference_window_trailing_newline",
+        event("preference", max_contacts={"count": 1, "window": "7d\n"}),
+        "bad_field:max_contacts",
+    ),
+    (
+        "preference_quiet_trailing_newline",
+        event("preference", quiet_hours={"start": "21:00\n", "end": "08:00"}),
+        "bad_field:quiet_hours",
+    ),
 ]
 
 # (case, body, reason): parse_event rejects, but JSON Schema cannot say why; the schema accepts these
