@@ -257,9 +257,10 @@ class Guard:
             return  # transactional (and, by default, service) messages neither count nor are ever blocked
         ts = event.ts_ms
         record = state.emitted[channel]
-        if record is not None or state.quiet[channel] is not None or self._quiet_hours is not None:
-            # without a decision on the channel and without quiet hours there is nothing to violate
-            self._check_violations(state, event, channel, step.violations)
+        late = ts < state.watermark_ms  # type: ignore[operator]  # set by process() before any handler
+        if late or record is not None or state.quiet[channel] is not None or self._quiet_hours is not None:
+            # in time order, without a decision on the channel and without quiet hours there is nothing to violate
+            self._check_violations(state, event, channel, late, step.violations)
         log = state.logs[channel]
         insort(log, ts)
         if ts + self._retention_ms < state.trim_due_ms:
@@ -731,19 +732,101 @@ class Guard:
     # ------------------------------------------------------------------ violations
 
     def _check_violations(
-        self, state: CustomerState, event: Event, channel: int, violations: list[dict[str, Any]]
+        self, state: CustomerState, event: Event, channel: int, late: bool, violations: list[dict[str, Any]]
     ) -> None:
+        """A contact on a channel blocked at its own instant, or inside quiet hours, is the sender's violation.
+
+        In time order the channel's last decision is the block in force (nothing has happened since). A late
+        contact was made before events already applied, which may have started, moved or lifted blocks since: the
+        block in force at its instant is worked out again from the facts of that instant (_block_at).
+        """
         ts = event.ts_ms
-        record = state.emitted[channel]
-        if record is not None:
-            since, decision = record
-            if since <= ts and _blocking(decision, ts):
+        if late:
+            found = self._block_at(state, channel, ts)
+            if found is not None:
+                reason, rule_id, until = found
                 violations.append(
-                    self._violation(event, "blocked", decision["reason"], decision["rule_id"], decision["until"])
+                    self._violation(event, "blocked", reason, rule_id, None if until is None else format_ms(until))
                 )
+        else:
+            record = state.emitted[channel]
+            if record is not None:
+                since, decision = record
+                if since <= ts and _blocking(decision, ts):
+                    violations.append(
+                        self._violation(event, "blocked", decision["reason"], decision["rule_id"], decision["until"])
+                    )
         quiet = self._quiet_rule_at(state, channel, ts)
         if quiet is not None:
             violations.append(self._violation(event, "quiet_hours", "quiet_hours", quiet, None))
+
+    def _block_at(self, state: CustomerState, channel: int, at: int) -> tuple[str, str, int | None] | None:
+        """``(reason, rule_id, until)`` of the block on ``channel`` in force at a past instant ``at``, if any.
+
+        Only facts made at or before ``at`` count: windows are recounted over ``(at - W, at]`` (the contact being
+        checked is not in the logs yet), signals must precede ``at``. A customer's opt-out or cap is kept only in
+        its latest version: one set after ``at`` says nothing about ``at``. The same precedence as decisions:
+        the latest ``until`` wins (None: indefinite), ties by rule kind, then policy order.
+        """
+        best: tuple[int, str, str, int | None] | None = None
+
+        def offer(until: int | None, order: int, reason: str, rule_id: str) -> None:
+            nonlocal best
+            if until is not None and until <= at:
+                return
+            key = _sort_key(until, order)
+            if best is None or key < best[0]:
+                best = (key, reason, rule_id, until)
+
+        opt_out = state.opt_outs[channel]
+        if opt_out is not None and opt_out[1] and opt_out[0] <= at:
+            offer(None, 0, _OPT_OUT_REASONS[opt_out[2]], f"opt_out.{opt_out[2]}")
+        complaint = self._complaint
+        if complaint is not None:
+            for other in ALL_CHANNEL_INDEXES:
+                complained_at = state.complaints[other]
+                if complained_at is not None and complained_at <= at:
+                    same = other == channel
+                    block_ms = complaint.channel_block_ms if same else complaint.other_channels_block_ms
+                    kind = "channel" if same else "other_channels"
+                    offer(complained_at + block_ms, 1, "complaint", f"{complaint.rule_id}.{kind}")
+        logs = state.logs
+        for scope in (channel, SCOPE_ALL):
+            cap = state.customer_caps[scope]
+            if cap is None or cap[1] is None or cap[0] > at:
+                continue
+            rule_id = f"customer_cap.{'all' if scope == SCOPE_ALL else CHANNELS[scope]}"
+            if cap[1] == 0:
+                offer(None, 2, "customer_cap", rule_id)
+                continue
+            newest = _window_at(logs if scope == SCOPE_ALL else (logs[scope],), at, cap[2])
+            if len(newest) >= cap[1]:
+                offer(newest[-cap[1]] + cap[2], 2, "customer_cap", rule_id)
+        if channel == CALL:
+            hangups = state.hangups[: bisect_right(state.hangups, at)]
+            for rule, _ in self._hangup_rules:
+                for index, hung_up_at in enumerate(hangups):
+                    if index + 1 - bisect_right(hangups, hung_up_at - rule.window_ms, 0, index + 1) >= rule.count:
+                        offer(hung_up_at + rule.block_ms, 3, "short_hangups", rule.rule_id)
+            conversation = self.policy.conversation
+            talked_at = state.conversation_ms
+            if conversation is not None and talked_at is not None and talked_at <= at:
+                offer(talked_at + conversation.block_ms, 4, "conversation", conversation.rule_id)
+        elif channel == EMAIL and self._unread is not None:
+            for block in (state.unread_block, state.unread_prior):
+                if block is not None and block[0] <= at:
+                    offer(block[1], 5, "unread", self._unread.rule_id)
+        for window_ms, limit, rule_id, _, _ in self._global_windows:
+            newest = _window_at(logs, at, window_ms)
+            if len(newest) >= limit:
+                offer(newest[-limit] + window_ms, 6, "global_cap", rule_id)
+        for window_ms, limit, rule_id, _, _ in self._channel_windows[channel]:
+            newest = _window_at((logs[channel],), at, window_ms)
+            if len(newest) >= limit:
+                offer(newest[-limit] + window_ms, 7, "cap", rule_id)
+        if best is None:
+            return None
+        return best[1], best[2], best[3]
 
     def _quiet_rule_at(self, state: CustomerState, channel: int, ts: int) -> str | None:
         """The quiet-hours rule id that ``ts`` falls in for this customer and channel, if any."""
@@ -1006,6 +1089,17 @@ def _merged_window(logs: list[list[int]], now: int, window_ms: int, limit: int) 
     )
     newest.sort()
     return count, newest[-limit:]
+
+
+def _window_at(logs: tuple[list[int], ...] | list[list[int]], at: int, window_ms: int) -> list[int]:
+    """The contacts of ``logs`` inside ``(at - window, at]``, oldest first (for instants before the newest)."""
+    start = at - window_ms
+    inside: list[int] = []
+    for log in logs:
+        inside += log[bisect_right(log, start) : bisect_right(log, at)]
+    if len(logs) > 1:
+        inside.sort()
+    return inside
 
 
 # Renderers of a candidate's entry in the evidence ("rules"): the rule, its end and what shows it is in force.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fatigue.policy import policy_from_mapping
-from fatigue.testing import DAY, HOUR, Scenario, at
+from fatigue.testing import DAY, HOUR, MINUTE, Scenario, at
 from fatigue.timeutil import format_ms, parse_iso_ms
 
 
@@ -530,3 +530,64 @@ def test_nothing_is_emitted_for_redundant_signals():
     assert s.call_ended(at(4, hours=2), duration_s=3).decisions == []  # hang-up block ends day 7: shorter
     assert s.contact(at(4, hours=3), "call").decisions == []
     assert len([d for d in s.decisions if d["channel"] == "call"]) == 2
+
+
+# ------------------------------------------------------------------ late contacts: blocked at their own instant
+
+
+def test_late_cause_does_not_make_earlier_contacts_violations():
+    """Spec: 'A marketing contact on a channel that is blocked at that moment ... is a sender violation.'
+
+    sms at day1 12:00, then (late) sms at day1 00:00: the window reaches 2 at day1 12:00, so sms was blocked only
+    from day1 12:00. A further late sms made at day1 06:00 is just the second sms in time: not a violation.
+    (The block must not be taken to start at its late cause's own time.)
+    """
+    s = Scenario()
+    s.contact(at(1, hours=12), "sms")
+    s.contact(at(1), "sms")  # late: block decided_at = day1 00:00, until day 8
+    step = s.contact(at(1, hours=6), "sms")
+    assert step.violations == []
+
+
+def test_late_contact_completing_a_window_that_ends_before_the_watermark_makes_the_next_one_a_violation():
+    """Spec: caps are exact sliding windows; a contact on a channel blocked at that moment is a violation.
+
+    sms A at day 0; the customer's clock moves to day 7 + 2h (an email); late sms B at day 7 - 1h: at that moment
+    A and B are in (t-7d, t], so sms is blocked until A + 7d = day 7. A late sms C at day 7 - 30 min was made
+    while blocked, though no decision was ever emitted for that block (it had ended by the time B arrived).
+    """
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(7, hours=2), "email")
+    s.contact(at(7) - HOUR, "sms")
+    step = s.contact(at(7) - 30 * MINUTE, "sms", sender="crm")
+    assert [(v["kind"], v["reason"]) for v in step.violations] == [("blocked", "cap")]
+
+
+def test_contact_during_an_ended_block_replaced_by_a_newer_block_is_a_violation():
+    """Spec: a contact at until-1ms is a violation (here: the previous block was superseded by a new one).
+
+    sms cap blocks sms until day 7; at day 7 + 1h an email complaint blocks sms again (until day 14 + 1h). A
+    marketing sms made at day 7 - 1 ms arrives late: the cap's block was in force then, not the complaint's.
+    """
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(1), "sms")
+    s.complaint(at(7, hours=1), "email")
+    step = s.contact(at(7) - 1, "sms", sender="crm")
+    assert [(v["reason"], v["until"]) for v in step.violations] == [("cap", format_ms(at(7)))]
+
+
+def test_contact_inside_a_late_complaints_block_before_the_previous_block_start_is_a_violation():
+    """Spec: complaint blocks every other channel 7d (from the complaint); a contact then is a violation.
+
+    sms cap block from day 1; a complaint about email made at day 1 - 2h arrives late and extends the sms block
+    (other channels 7d). A marketing sms made at day 1 - 1h then arrives (late): sms was blocked by the
+    complaint at that moment, before the cap's block began.
+    """
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(1), "sms")
+    s.complaint(at(1) - 2 * HOUR, "email")
+    step = s.contact(at(1) - HOUR, "sms", sender="crm")
+    assert [v["reason"] for v in step.violations] == ["complaint"]
