@@ -220,7 +220,7 @@ class Guard:
         """Right to erasure: forget everything, except that a channel the customer opted out of stays suppressed.
 
         The suppression keeps only the channel and the opt-out's source, and is re-published as a block whose
-        evidence says nothing but that the customer was erased.
+        evidence names the opt-out rule and its source, without an instant, and says that the customer was erased.
         """
         if state is None:
             return Step(None, erased=True)
@@ -231,16 +231,23 @@ class Guard:
                 continue
             source = fact[2]
             minimal.opt_outs[channel] = [0, True, source]  # no instant: only that the customer opted out
+            reason = _OPT_OUT_REASONS[source]
+            rule = _opt_out_text(source, CHANNELS[channel])
+            rule_id = f"opt_out.{source}"
             decision = {
                 "customer_id": state.customer_id,
                 "channel": CHANNELS[channel],
                 "action": "block",
-                "reason": _OPT_OUT_REASONS[source],
-                "rule": _opt_out_text(source, CHANNELS[channel]),
-                "rule_id": f"opt_out.{source}",
+                "reason": reason,
+                "rule": rule,
+                "rule_id": rule_id,
                 "until": None,
                 "until_ms": None,
-                "evidence": {"erased": True},
+                # a block's evidence always lists its rules (consumers and the schema rely on it)
+                "evidence": {
+                    "rules": [{"rule_id": rule_id, "reason": reason, "rule": rule, "until": None, "source": source}],
+                    "erased": True,
+                },
                 "policy_version": self.policy.version,
                 "decided_at": format_ms(event.ts_ms),
                 "decided_at_ms": event.ts_ms,

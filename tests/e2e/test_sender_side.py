@@ -200,7 +200,8 @@ def test_inspect_matches_replay_and_erase_leaves_only_the_opt_out(
             time.sleep(0.5)
         assert keys == [f"{deployment.redis_prefix}:block:email:c000".encode()]
         suppression = orjson.loads(client.get(keys[0]) or b"{}")
-        assert suppression["reason"] == "unsubscribe" and suppression["evidence"] == {"erased": True}
+        assert suppression["reason"] == "unsubscribe" and suppression["evidence"]["erased"] is True
+        assert [rule["rule_id"] for rule in suppression["evidence"]["rules"]] == ["opt_out.unsubscribe"]
         assert client.get(f"{deployment.redis_prefix}:prefs:c000") is None
     finally:
         client.close()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from importlib.resources import files
+
 import orjson
+from jsonschema import Draft202012Validator
 
 from fatigue.engine import Guard
 from fatigue.inspect import explain
 from fatigue.replay import Replay
 from fatigue.testing import Scenario, at, policy_named
 from fatigue.timeutil import format_ms
+
+DECISION_SCHEMA = Draft202012Validator(
+    json.loads((files("fatigue") / "schema" / "decision.schema.json").read_text("utf-8"))
+)
 
 
 def test_inspect_explains_counts_signals_preferences_and_blocks():
@@ -61,7 +69,19 @@ def test_erased_customer_who_opted_out_stays_suppressed_with_nothing_else():
         "unsubscribe",
         None,
     )
-    assert decision["evidence"] == {"erased": True}
+    assert decision["evidence"] == {
+        "rules": [
+            {
+                "rule_id": "opt_out.unsubscribe",
+                "reason": "unsubscribe",
+                "rule": "customer unsubscribed from email",
+                "until": None,
+                "source": "unsubscribe",
+            }
+        ],
+        "erased": True,
+    }
+    assert list(DECISION_SCHEMA.iter_errors(decision)) == []
     assert decision["cause_event_id"] == "erase-1"
     kept = step.state
     assert kept is not None
