@@ -27,6 +27,7 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import itertools
 import logging
@@ -46,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fatigue import core_flavour
 from fatigue.clock import PartitionClock, partition_for_key
 from fatigue.engine import Guard, Step
-from fatigue.events import CHANNELS, Rejection, parse_event
+from fatigue.events import CHANNELS, MAX_ID_CHARS, Rejection, parse_event
 from fatigue.inspect import explain
 from fatigue.policy import Policy
 from fatigue.state import CustomerState, preferences_view
@@ -63,6 +64,19 @@ CONTROL_HEADER = "fatigue-control"
 TICK = b"tick"
 TICK_KEY = b"\x00fatigue-tick"
 REROUTED_HEADER = "fatigue-rerouted-from"
+# A dead letter carries the original bytes, but one near the broker's size limit (1 MiB by default) plus our headers
+# would exceed the producer's (1,000,000 bytes) and stall its partition for good: beyond these sizes a prefix is
+# kept, with the original size (fatigue-truncated, fatigue-key-truncated) and digest (fatigue-original-sha256).
+DEAD_LETTER_MAX_VALUE_BYTES = 256 * 1024
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+_MAX_KEY_BYTES = 4 * MAX_ID_CHARS  # the UTF-8 of the longest valid customer id
+
+
+def dead_letter_value(raw: bytes) -> bytes:
+    """What the dead-letter topic holds of a rejected message's value."""
+    return raw[:DEAD_LETTER_MAX_VALUE_BYTES]
+
+
 _FAUST_INTERNAL_PREFIX = b"__faust"
 _DELIVERY_GRACE_ON_CANCEL_S = 10.0
 # Table values are the offset of the input message being handled when the state last changed (the customer's own
@@ -315,7 +329,13 @@ class GuardService:
         self._ensure_indexed(partition, message.offset)
         if self.erasures:
             self._drop_committed_erasures(partition, self._committed(partition))
-        if message.key is not None and headers.get(REROUTED_HEADER) is None:
+        if (
+            message.key is not None
+            and headers.get(REROUTED_HEADER) is None
+            # one that cannot be valid is dead-lettered where it is: a copy of a huge one might not fit the producer
+            and len(message.key) <= _MAX_KEY_BYTES
+            and (message.value is None or len(message.value) <= self.policy.max_event_bytes)
+        ):
             expected = partition_for_key(message.key, self.settings.partitions)
             if expected != partition:
                 # A producer with another partitioner (librdkafka's default is crc32) put this customer on the
@@ -579,9 +599,15 @@ class GuardService:
         ]
         if rejection.event_id is not None:
             headers.append(("fatigue-event-id", rejection.event_id.encode()))
-        self._emit(
-            self.dlq, key=message.key, value=message.value if message.value is not None else b"", headers=headers
-        )
+        key, value = message.key, message.value if message.value is not None else b""
+        if len(value) > DEAD_LETTER_MAX_VALUE_BYTES:
+            headers.append(("fatigue-truncated", str(len(value)).encode()))
+            headers.append(("fatigue-original-sha256", hashlib.sha256(value).hexdigest().encode()))
+            value = dead_letter_value(value)
+        if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+            headers.append(("fatigue-key-truncated", str(len(key)).encode()))
+            key = key[:DEAD_LETTER_MAX_KEY_BYTES]
+        self._emit(self.dlq, key=key, value=value, headers=headers)
         self._child(self.metrics.rejected, rejection.reason.split(":", 1)[0]).inc()
 
     # ------------------------------------------------------------------ clocks, deadlines and expiry

@@ -18,6 +18,7 @@ from fatigue.policy import load_policy
 from fatigue.replay import Replay, ReplayStats
 from fatigue.state import preferences_view
 from fatigue.testing import DAY
+from streams.app import dead_letter_value
 from tests.e2e.harness import GuardDeployment, Tally
 
 SETTLE_MS = 3_600_000  # the worker's default --deadline-settle
@@ -94,7 +95,7 @@ def expected_outputs(
         for violation in step.violations:
             violations.add(violation)
         if step.rejection is not None:
-            rejections[(step.rejection.reason, value)] += 1
+            rejections[(step.rejection.reason, dead_letter_value(value))] += 1
             continue
         if step.state is not None or step.erased:
             body = orjson.loads(value)

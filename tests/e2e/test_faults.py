@@ -5,6 +5,7 @@ Each scenario prints what it injected and what it verified; the oracle is the re
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -22,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.app import DEAD_LETTER_MAX_VALUE_BYTES
 from tests.e2e.harness import REPO, GuardDeployment, free_port
 from tests.e2e.parity import (
     Messages,
@@ -40,6 +42,8 @@ from tests.strategies import keyed_messages
 # One hot customer's events in the hostile stream (FATIGUE_HOT_EVENTS to change it).
 HOT_EVENTS = int(os.environ.get("FATIGUE_HOT_EVENTS", "1000000"))
 HOT_SPAN_MS = 4 * 86_400_000  # the hot customer's events end now, evenly over the 4 days before
+BIG_BODY_BYTES = 1_040_000
+HUGE_KEY_BYTES = 600_000
 
 
 class PrivateRedis:
@@ -226,7 +230,8 @@ def _hostile(seed: int) -> Messages:
                     "customer_id": "c1",
                     "ts": now,
                     "channel": "sms",
-                    "body": "x" * 900_000,
+                    # near the broker's limit (1 MiB): its dead letter plus headers would not fit the producer's
+                    "body": "x" * BIG_BODY_BYTES,
                 }
             ),
         ),
@@ -235,6 +240,7 @@ def _hostile(seed: int) -> Messages:
             orjson.dumps({"type": "contact", "event_id": "nokey", "customer_id": "c2", "ts": now, "channel": "sms"}),
         ),
         (b"someone-else", orjson.dumps({"type": "sms_stop", "event_id": "k", "customer_id": "c3", "ts": now})),
+        (b"k" * HUGE_KEY_BYTES, orjson.dumps({"type": "sms_stop", "event_id": "hk", "customer_id": "c3", "ts": now})),
         (
             b"c4",
             orjson.dumps(
@@ -308,6 +314,15 @@ def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_let
     ):
         assert rejected[reason] > 0, reason
     assert deployment.workers["w1"].poll() is None, "the worker must still be running"
+    # the huge message's dead letter is a prefix of it, with its size and digest
+    [(_, prefix, headers)] = [letter for letter in dead_letters(deployment) if b'"event_id":"big"' in letter[1]]
+    [(_, big)] = [message for message in messages if b'"event_id":"big"' in message[1]]
+    assert big.startswith(prefix) and len(prefix) == DEAD_LETTER_MAX_VALUE_BYTES < len(big)
+    assert headers["fatigue-reason"] == b"too_large"
+    assert headers["fatigue-truncated"] == str(len(big)).encode()
+    assert headers["fatigue-original-sha256"] == hashlib.sha256(big).hexdigest().encode()
+    [huge_key] = [headers for _, value, headers in dead_letters(deployment) if b'"event_id":"hk"' in value]
+    assert (huge_key["fatigue-reason"], huge_key["fatigue-key-truncated"]) == (b"key_mismatch", b"600000")
 
     # the metrics count exactly what the dead-letter topic holds
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
