@@ -62,6 +62,9 @@ log = logging.getLogger("fatigue.worker")
 
 CONTROL_HEADER = "fatigue-control"
 TICK = b"tick"
+# A busy partition never gets a tick; its ended blocks are tombstoned by this lighter one, at most once a minute.
+EXPIRE_TICK = b"expire"
+BUSY_EXPIRE_INTERVAL_S = 60.0
 TICK_KEY = b"\x00fatigue-tick"
 REROUTED_HEADER = "fatigue-rerouted-from"
 # A dead letter carries the original bytes, but one near the broker's size limit (1 MiB by default) plus our headers
@@ -148,6 +151,7 @@ class GuardService:
         self.last_offset: dict[int, int] = {}
         self.last_input: dict[int, float] = {}
         self.tick_pending: dict[int, float] = {}
+        self.expire_pending: dict[int, float] = {}  # partition -> monotonic time its last expire tick was sent
         self.active_blocks = ActiveBlocks()
         self.customers: dict[int, int] = {}  # stored states per indexed partition, for fatigue_state_customers
         self.erasures: dict[int, list[tuple[int, bytes]]] = {}  # (offset, key) of erasure markers, per partition
@@ -322,8 +326,12 @@ class GuardService:
         if self.rereading:
             self.rereading.pop(partition, None)  # the re-read has reached the first missing offset
         headers = dict(message.headers or ())
-        if headers.get(CONTROL_HEADER) == TICK:
+        control = headers.get(CONTROL_HEADER)
+        if control == TICK:
             self._on_tick(partition, _tick_time(message.value), message.offset)
+            return
+        if control == EXPIRE_TICK:
+            self._on_expire_tick(partition, _tick_time(message.value), message.offset)
             return
         self.last_input[partition] = time.monotonic()
         self._ensure_indexed(partition, message.offset)
@@ -763,6 +771,23 @@ class GuardService:
         self._ensure_indexed(partition, offset)
         bound = wall_ms - self.settings.wall_settle_ms
         self._fire_due(partition, bound, "wall_clock", offset)
+        self._tombstone_expired(partition, bound, offset, forget=True)
+
+    def _on_expire_tick(self, partition: int, wall_ms: int, offset: int) -> None:
+        """Wall clock on a busy partition: tombstone ended blocks, nothing else (see _tombstone_expired)."""
+        self.expire_pending.pop(partition, None)
+        self._ensure_indexed(partition, offset)
+        self._tombstone_expired(partition, wall_ms - self.settings.wall_settle_ms, offset, forget=False)
+
+    def _tombstone_expired(self, partition: int, bound: int, offset: int, *, forget: bool) -> None:
+        """Tombstone the blocks of ``partition`` that ended before ``bound`` (wall clock), so that the compacted
+        topic drops them (``offset``: the tick's own). Runs on a quiet partition's tick and on a busy one's expire
+        tick.
+
+        ``forget`` (quiet partitions only): the state also forgets a block once the late grace after its end is
+        over by wall clock. A busy partition may be reading old input (a backfill) whose event time is far behind
+        the wall clock; its states are left to the core, which forgets by event time, as the replay does.
+        """
         expiries = self.expiries.get(partition, [])
         scheduled = self.expiry_scheduled.get(partition, {})
         while expiries and expiries[0][0] <= bound:
@@ -786,7 +811,7 @@ class GuardService:
             forget_at = ended + self.guard.policy.late_grace_ms
             if forget_at > bound:
                 self._schedule_expiry(partition, forget_at, customer, channel)
-            else:
+            elif forget:
                 state.emitted[channel] = None
                 # stored with the tick's offset: a crash before the tick is committed then finds the state ahead
                 # of the topic and re-sends the tombstone (see _repair)
@@ -805,6 +830,7 @@ class GuardService:
         self.expiry_scheduled.clear()
         self.erasures.clear()
         self.tick_pending.clear()
+        self.expire_pending.clear()
         self.active_blocks.forget()
         self.customers.clear()
 
@@ -842,6 +868,26 @@ class GuardService:
         heap = self.clocks[partition]._heap
         expiries = self.expiries.get(partition, [])
         return bool((heap and heap[0][0] < bound) or (expiries and expiries[0][0] <= bound))
+
+    def busy_partitions_with_ended_blocks(self, wall_ms: int, quiet: list[int]) -> list[int]:
+        """Input partitions we own, not quiet, with a block ended before the wall clock's settle bound and no expire
+        tick sent for ``BUSY_EXPIRE_INTERVAL_S``."""
+        bound = wall_ms - self.settings.wall_settle_ms
+        now = time.monotonic()
+        due = []
+        for partition, expiries in self.expiries.items():
+            if partition in quiet or not expiries or expiries[0][0] > bound:
+                continue
+            if now - self.expire_pending.get(partition, -BUSY_EXPIRE_INTERVAL_S) < BUSY_EXPIRE_INTERVAL_S:
+                continue
+            due.append(partition)
+        return due
+
+    def send_expire_tick(self, partition: int, wall_ms: int) -> None:
+        self.expire_pending[partition] = time.monotonic()
+        self.events.send_soon(
+            key=TICK_KEY, value=str(wall_ms).encode(), partition=partition, headers=[(CONTROL_HEADER, EXPIRE_TICK)]
+        )
 
     def send_tick(self, partition: int, wall_ms: int) -> None:
         self.tick_pending[partition] = time.monotonic()
@@ -1096,9 +1142,12 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     @app.timer(interval=settings.tick_interval_s)
     async def tick_quiet_partitions() -> None:
         wall_ms = int(time.time() * 1000)
-        for partition in await service.quiet_partitions():
+        quiet = await service.quiet_partitions()
+        for partition in quiet:
             if service.has_due_work(partition, wall_ms):
                 service.send_tick(partition, wall_ms)
+        for partition in service.busy_partitions_with_ended_blocks(wall_ms, quiet):
+            service.send_expire_tick(partition, wall_ms)
 
     def forget_indexes(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         service.partitions_changed()

@@ -42,7 +42,7 @@ from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.generate import generate_messages
 from fatigue.state import CustomerState
 from fatigue.testing import DAY, at, policy_named
-from streams.app import CONTROL_HEADER, TICK, GuardService
+from streams.app import CONTROL_HEADER, EXPIRE_TICK, TICK, GuardService
 from streams.input_gate import InputOffsetGate
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -587,6 +587,38 @@ def test_a_contact_made_before_a_block_ended_is_a_violation_after_its_tombstone_
     worker.handle(inputs, 0, 2)
     violations = [orjson.loads(s.value or b"") for s in worker.world.sent if s.topic == SETTINGS.violations_topic]
     assert [(v["event_id"], v["until"], v["sender"]) for v in violations] == [("c2", block["until"], "dialer-b")]
+
+
+def test_a_busy_partitions_ended_blocks_are_tombstoned_by_an_expire_tick_which_changes_nothing_else():
+    """A partition that never goes quiet gets no tick; once a block on it has ended by wall clock, the timer sends
+    it an expire tick (at most one a minute), which tombstones the block and does nothing else: no deadline fires
+    and the state keeps the ended block (the core forgets it by event time, as the replay does)."""
+    events = [
+        _event(A, "m1", at(0), "contact", channel="email"),  # unread deadline at day 3: must not fire here
+        _event(A, "c1", at(0, hours=1), "contact", channel="call"),  # call blocked until day 1 + 1h
+    ]
+    inputs: dict[int, Input] = {0: events, 1: [], 2: []}
+    worker = Worker(GuardService, {p: {} for p in range(PARTITIONS)}, {})
+    for offset in range(len(events)):
+        worker.handle(inputs, 0, offset)
+    service = worker.service
+    [block] = [orjson.loads(s.value or b"") for s in worker.world.sent if s.topic == SETTINGS.decisions_topic]
+    ended = block["until_ms"] + SETTINGS.wall_settle_ms
+    assert service.busy_partitions_with_ended_blocks(ended - 1, quiet=[]) == []
+    assert service.busy_partitions_with_ended_blocks(ended + 30 * DAY, quiet=[0]) == [], "quiet ones get a tick"
+    assert service.busy_partitions_with_ended_blocks(ended + 30 * DAY, quiet=[]) == [0]
+    service.send_expire_tick(0, ended + 30 * DAY)
+    assert service.busy_partitions_with_ended_blocks(ended + 30 * DAY, quiet=[]) == [], "one a minute at most"
+    [sent_tick] = [s for s in worker.world.sent if s.topic == SETTINGS.events_topic]
+    assert (sent_tick.key, sent_tick.value) == (b"\x00fatigue-tick", str(ended + 30 * DAY).encode())
+    inputs[0].append((sent_tick.key, sent_tick.value, [(CONTROL_HEADER, EXPIRE_TICK)]))
+    before = len(worker.world.sent)
+    worker.handle(inputs, 0, len(inputs[0]) - 1)
+    assert [(s.key, s.value) for s in worker.world.sent[before:]] == [(f"call:{A}".encode(), None)]
+    state = service.table.get(A.encode())
+    assert state is not None
+    kept = CustomerState.from_bytes(state[8:])
+    assert kept.emitted[CHANNELS.index("call")] is not None and kept.pending, "nothing else changed"
 
 
 # ---------------------------------------------------------------------- the crash window's holes, one by one
