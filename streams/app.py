@@ -326,7 +326,7 @@ class GuardService:
         if self.rereading:
             self.rereading.pop(partition, None)  # the re-read has reached the first missing offset
         headers = dict(message.headers or ())
-        control = headers.get(CONTROL_HEADER)
+        control = headers.get(CONTROL_HEADER) if message.key == TICK_KEY else None  # a sender's is an event
         if control == TICK:
             self._on_tick(partition, _tick_time(message.value), message.offset)
             return
