@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import disable_created_metrics
 
@@ -21,7 +21,10 @@ _COMPACTED = {"cleanup.policy": "compact", "delete.retention.ms": "86400000", "m
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the guard's topics if missing; refuse an input topic whose partition count differs from ours."""
+    """Create the guard's topics if missing. Refuse existing ones the guard cannot work with: an input topic or a
+    compacted output (decisions, preferences) whose partition count differs from ours (the state table and the
+    Redis view's ownership of keys are co-partitioned with them), or a compacted output that is not compacted
+    (retention would delete indefinite opt-outs, and the Redis view would then delete their keys)."""
     wanted = {
         settings.events_topic: {},
         settings.decisions_topic: _COMPACTED,
@@ -35,10 +38,15 @@ def ensure_topics(settings: Settings) -> None:
         for name, config in wanted.items():
             if name in existing:
                 count = len(existing[name]["partitions"])
-                if name == settings.events_topic and count != settings.partitions:
+                if (name == settings.events_topic or config is _COMPACTED) and count != settings.partitions:
                     raise SystemExit(
                         f"fatigue worker: topic {name} has {count} partitions but --partitions is "
-                        f"{settings.partitions}; the state table must be co-partitioned with its input"
+                        f"{settings.partitions}; the state table and the Redis view are co-partitioned with it"
+                    )
+                if config is _COMPACTED and "compact" not in _cleanup_policy(admin, name):
+                    raise SystemExit(
+                        f"fatigue worker: topic {name} exists without cleanup.policy=compact; it must keep the "
+                        f"latest record per key for good (indefinite opt-outs): alter it or delete it"
                     )
                 continue
             try:
@@ -48,6 +56,12 @@ def ensure_topics(settings: Settings) -> None:
                 pass
     finally:
         admin.close()
+
+
+def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> list[str]:
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["cleanup.policy"])])
+    entry = described.get("topic", {}).get(topic, {}).get("cleanup.policy")
+    return str(entry["value"]).split(",") if entry else ["delete"]  # the broker's default
 
 
 def main(argv: list[str] | None = None) -> int:

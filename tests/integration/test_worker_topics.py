@@ -1,0 +1,77 @@
+"""``fatigue worker`` makes sure of its topics on the real broker: creates what is missing, refuses what it cannot
+work with (a compacted output that is not compacted, partition counts it is not co-partitioned with)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+from streams.settings import Settings
+from streams.worker import ensure_topics
+
+
+def _settings(bootstrap_servers: str, unique_name: Callable[[str], str], **topics: str) -> Settings:
+    names = {
+        "events_topic": unique_name("events"),
+        "decisions_topic": unique_name("decisions"),
+        "prefs_topic": unique_name("prefs"),
+        "dlq_topic": unique_name("dlq"),
+        "violations_topic": unique_name("violations"),
+        **topics,
+    }
+    return Settings(bootstrap=bootstrap_servers, partitions=3, **names)
+
+
+def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> str:
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["cleanup.policy"])])
+    entry = described["topic"][topic].get("cleanup.policy")  # left out when it is the broker's default, delete
+    return "delete" if entry is None else str(entry["value"])
+
+
+def test_missing_topics_are_created_compacted_where_they_must_be_and_a_second_start_accepts_them(
+    bootstrap_servers: str, kafka_admin: KafkaAdminClient, unique_name: Callable[[str], str]
+) -> None:
+    settings = _settings(bootstrap_servers, unique_name)
+    created = [
+        settings.events_topic,
+        settings.decisions_topic,
+        settings.prefs_topic,
+        settings.dlq_topic,
+        settings.violations_topic,
+    ]
+    try:
+        ensure_topics(settings)
+        kafka_admin.wait_for_topics(created, timeout_ms=30000)
+        assert _cleanup_policy(kafka_admin, settings.decisions_topic) == "compact"
+        assert _cleanup_policy(kafka_admin, settings.prefs_topic) == "compact"
+        assert _cleanup_policy(kafka_admin, settings.events_topic) == "delete"
+        partitions = {meta["name"]: len(meta["partitions"]) for meta in kafka_admin.describe_topics(created)}
+        assert set(partitions.values()) == {3}
+        ensure_topics(settings)  # a restart finds them as it made them
+    finally:
+        kafka_admin.delete_topics(created, timeout_ms=30000, raise_errors=False)
+
+
+def test_an_existing_decisions_topic_that_is_not_compacted_is_refused(
+    bootstrap_servers: str,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
+    # with retention, an indefinite opt-out would be deleted from the topic, and the Redis view would follow
+    decisions = topic_factory("decisions", partitions=3)
+    settings = _settings(bootstrap_servers, unique_name, decisions_topic=decisions)
+    with pytest.raises(SystemExit, match=f"{decisions} exists without cleanup.policy=compact"):
+        ensure_topics(settings)
+
+
+def test_an_existing_compacted_output_with_another_partition_count_is_refused(
+    bootstrap_servers: str,
+    topic_factory: Callable[..., str],
+    unique_name: Callable[[str], str],
+) -> None:
+    prefs = topic_factory("prefs", partitions=2, config={"cleanup.policy": "compact"})
+    settings = _settings(bootstrap_servers, unique_name, prefs_topic=prefs)
+    with pytest.raises(SystemExit, match=f"{prefs} has 2 partitions but --partitions is 3"):
+        ensure_topics(settings)
