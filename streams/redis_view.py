@@ -66,12 +66,18 @@ class RedisView:
         self._last_check = 0.0
 
     async def apply(self, records: Sequence[Record], owned_partitions: Callable[[], Iterable[int]]) -> None:
-        """Write ``records`` in order; on failure retry with backoff, then reconcile before going on."""
+        """Write ``records`` in order; on failure retry with backoff, then reconcile before going on.
+
+        A reconcile reads the topic up to its end, past ``records``: it writes their keys' latest records (or
+        newer ones), so ``records`` are not written after it. Written then, they would set keys back until the
+        consumer reaches the newer records again, or for good for a partition that has moved to another worker
+        while Redis was away.
+        """
         delay = 0.2
         while True:
             try:
-                await self._maybe_reconcile(owned_partitions)
-                await self._write(records)
+                if not await self._maybe_reconcile(owned_partitions):
+                    await self._write(records)
                 return
             except (RedisError, OSError) as error:
                 self.metrics.redis_failures.inc()
@@ -118,10 +124,11 @@ class RedisView:
             pipe.set(redis_key, value, pxat=until_ms)
         return True
 
-    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]]) -> None:
+    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]]) -> bool:
+        """Reconcile when needed (a failure, or Redis restarted); True when it did."""
         now = time.monotonic()
         if not self._needs_reconcile and now - self._last_check < 5.0:
-            return
+            return False
         self._last_check = now
         info = await self.client.info("server")
         run_id = str(info.get("run_id"))
@@ -129,10 +136,12 @@ class RedisView:
             if self._run_id is not None:
                 log.warning("redis restarted (run_id changed): reconciling %s", self.topic)
             self._needs_reconcile = True
-        if self._needs_reconcile:
-            await self.reconcile(sorted(owned_partitions()))
-            self._run_id = run_id
-            self._needs_reconcile = False
+        if not self._needs_reconcile:
+            return False
+        await self.reconcile(sorted(owned_partitions()))
+        self._run_id = run_id
+        self._needs_reconcile = False
+        return True
 
     async def reconcile(self, partitions: list[int]) -> None:
         """Make every Redis key of ``partitions`` equal the topic's latest record for it."""
