@@ -31,6 +31,7 @@ ALL_CHANNEL_INDEXES: Final = (EMAIL, SMS, CALL)
 _OPT_OUT_REASONS: Final = {"unsubscribe": "unsubscribe", "sms_stop": "sms_stop", "opt_out": "opt_out"}
 _NEGATIVE_REACTIONS: Final = frozenset({"short_hangups", "unread"})
 _MAX_EVIDENCE_TIMESTAMPS: Final = 10
+_MAX_LIFTED_OPT_OUTS: Final = 16  # opt-outs lifted within the late grace: a customer flipping more is trimmed
 _TRIM_PERIOD_MS: Final = 3_600_000
 
 
@@ -351,6 +352,16 @@ class Guard:
             state.streak = 0
             self._remember_settled(state, deadline, contact_event_id)
 
+    def _remember_lifted_opt_out(self, state: CustomerState, channel: int, opt_out: list[Any], lifted_ms: int) -> None:
+        """Keep an opt-out that an opt-in has just lifted while a contact made before the opt-in can still arrive
+        (the late grace): that contact was made on a blocked channel (see _block_at)."""
+        lifted = state.lifted_opt_outs
+        lifted.append([channel, opt_out[0], lifted_ms, opt_out[2]])
+        _trim_due_by(state, lifted_ms + self._late_grace_ms)
+        if len(lifted) > _MAX_LIFTED_OPT_OUTS:
+            del lifted[0]
+            state.trimmed += 1
+
     def _remember_early_open(self, state: CustomerState, event: Event) -> None:
         """Keep an open for an email not seen yet, until no contact made before the open can be accepted any more.
 
@@ -448,8 +459,11 @@ class Guard:
         affected: set[int] = set()
         if "opt_out" in prefs:
             for channel in scope:
+                previous = state.opt_outs[channel]
                 if _set_fact(state.opt_outs, channel, [ts, prefs["opt_out"], "opt_out"]):
                     affected.add(channel)
+                    if previous is not None and previous[1] and not prefs["opt_out"]:
+                        self._remember_lifted_opt_out(state, channel, previous, ts)
         if "max_contacts" in prefs:
             cap = prefs["max_contacts"]
             fact = [ts, cap[0], cap[1]] if cap is not None else [ts, None, None]
@@ -771,9 +785,10 @@ class Guard:
         """``(reason, rule_id, until)`` of the block on ``channel`` in force at a past instant ``at``, if any.
 
         Only facts made at or before ``at`` count: windows are recounted over ``(at - W, at]`` (the contact being
-        checked is not in the logs yet), signals must precede ``at``. A customer's opt-out or cap is kept only in
-        its latest version: one set after ``at`` says nothing about ``at``. The same precedence as decisions:
-        the latest ``until`` wins (None: indefinite), ties by rule kind, then policy order.
+        checked is not in the logs yet), signals must precede ``at``. Opt-outs lifted by an opt-in are kept for the
+        late grace; a customer's cap only in its latest version: one set after ``at`` says nothing about ``at``.
+        The same precedence as decisions: the latest ``until`` wins (None: indefinite), ties by rule kind, then
+        policy order.
         """
         best: tuple[int, str, str, int | None] | None = None
 
@@ -788,6 +803,9 @@ class Guard:
         opt_out = state.opt_outs[channel]
         if opt_out is not None and opt_out[1] and opt_out[0] <= at:
             offer(None, 0, _OPT_OUT_REASONS[opt_out[2]], f"opt_out.{opt_out[2]}")
+        for lifted_channel, since, lifted_at, source in state.lifted_opt_outs:
+            if lifted_channel == channel and since <= at < lifted_at:
+                offer(None, 0, _OPT_OUT_REASONS[source], f"opt_out.{source}")
         complaint = self._complaint
         if complaint is not None:
             for other in ALL_CHANNEL_INDEXES:
@@ -992,6 +1010,10 @@ class Guard:
                 del early[ref]
         if now < state.trim_due_ms:
             return
+        lifted = state.lifted_opt_outs
+        if lifted:
+            # a contact made before the opt-in would now be late
+            lifted[:] = [entry for entry in lifted if entry[2] > id_cutoff]
         retention = self._retention_ms
         caps = state.customer_caps
         if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
@@ -1060,6 +1082,8 @@ class Guard:
             due = min(due, settled[0][0] + self._late_grace_ms + 1)
         if state.unread_prior is not None:
             due = min(due, state.unread_prior[1])
+        for entry in lifted:
+            due = min(due, entry[2] + self._late_grace_ms)
         for record in emitted:
             if record is None:
                 continue

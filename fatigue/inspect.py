@@ -67,6 +67,16 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
                 {"email_event_id": entry[1], "deadline": format_ms(entry[0]), "opened": entry[2] == 0}
                 for entry in state.settled
             ],
+            # opt-outs an opt-in lifted, kept for the late grace: a contact made before the opt-in is a violation
+            "opt_outs_lifted": [
+                {
+                    "channel": CHANNELS[channel],
+                    "opted_out_at": format_ms(since),
+                    "lifted_at": format_ms(lifted_at),
+                    "source": source,
+                }
+                for channel, since, lifted_at, source in state.lifted_opt_outs
+            ],
             # human opens delivered before the email they are for, kept for the late grace to be matched
             "opens_awaiting_their_email": [
                 {"email_event_id": ref, "opened_at": format_ms(opened_at)}

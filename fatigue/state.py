@@ -24,6 +24,7 @@ SCOPE_ALL = 3
 #   timezone:      [ts_ms, name | None]
 #   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
 #   early opens:   {contact_event_id: opened_at_ms}, human opens delivered before the email they are for
+#   lifted opt-out: [channel, opted_out_at_ms, lifted_at_ms, source], kept for the late grace after the opt-in
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
 #                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
@@ -45,6 +46,7 @@ class CustomerState:
         "emitted",
         "hangups",
         "ids",
+        "lifted_opt_outs",
         "logs",
         "opt_outs",
         "pending",
@@ -68,6 +70,7 @@ class CustomerState:
         self.conversation_ms: int | None = None
         self.complaints: list[int | None] = [None, None, None]
         self.opt_outs: list[list[Any] | None] = [None, None, None]
+        self.lifted_opt_outs: list[list[Any]] = []  # so that a late contact made while opted out is a violation
         self.customer_caps: list[list[Any] | None] = [None, None, None, None]
         self.quiet: list[list[Any] | None] = [None, None, None]
         self.timezone: list[Any] | None = None
@@ -101,6 +104,8 @@ class CustomerState:
             out["cp"] = self.complaints
         if any(item is not None for item in self.opt_outs):
             out["o"] = self.opt_outs
+        if self.lifted_opt_outs:
+            out["lo"] = self.lifted_opt_outs
         if any(item is not None for item in self.customer_caps):
             out["cc"] = self.customer_caps
         if any(item is not None for item in self.quiet):
@@ -137,6 +142,7 @@ class CustomerState:
         state.conversation_ms = data.get("cv")
         state.complaints = data.get("cp") or [None, None, None]
         state.opt_outs = data.get("o") or [None, None, None]
+        state.lifted_opt_outs = data.get("lo") or []
         state.customer_caps = data.get("cc") or [None, None, None, None]
         state.quiet = data.get("q") or [None, None, None]
         state.timezone = data.get("tz")

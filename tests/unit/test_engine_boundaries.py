@@ -591,3 +591,22 @@ def test_contact_inside_a_late_complaints_block_before_the_previous_block_start_
     s.complaint(at(1) - 2 * HOUR, "email")
     step = s.contact(at(1) - HOUR, "sms", sender="crm")
     assert [v["reason"] for v in step.violations] == ["complaint"]
+
+
+def test_contact_during_an_opt_out_that_was_lifted_later_is_a_violation():
+    """Spec: unsubscribe blocks with no expiry until a preference opt_out: false; contacts while blocked violate.
+
+    unsubscribe email at day 0, opt-in at day 5 (allow); a marketing email made at day 5 - 1h arrives late
+    (inside the grace): the channel was blocked at that moment. The lifted opt-out is kept for the late grace.
+    """
+    s = Scenario()
+    s.unsubscribe(at(0), "email")
+    s.preference(at(5), channel="email", opt_out=False)
+    step = s.contact(at(5) - HOUR, "email", sender="crm")
+    assert [(v["kind"], v["reason"], v["rule_id"], v["until"]) for v in step.violations] == [
+        ("blocked", "unsubscribe", "opt_out.unsubscribe", None)
+    ]
+    assert s.contact(at(5), "email").violations == [], "from the opt-in on, the channel is open"
+    assert s.state is not None and s.state.lifted_opt_outs == [[0, at(0), at(5), "unsubscribe"]]
+    s.contact(at(6), "sms")  # the newest event a day after the opt-in: a contact before it would be late
+    assert s.state.lifted_opt_outs == []
