@@ -1083,7 +1083,8 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=3.0,
+        # at most a third of the session (Kafka's advice): with 6 s and 3 s beats one late beat loses the member
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         producer_acks=-1,
         stream_wait_empty=False,
         table_standby_replicas=0,

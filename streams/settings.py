@@ -46,8 +46,9 @@ class Settings:
     delivery_retry_max_s: float = 30.0
     # A worker that dies without leaving the group (SIGKILL, a lost node) keeps its partitions, unprocessed, until
     # the broker has not heard from it for this long. Faust's default is 60 s: a minute in which the customers of
-    # those partitions are not guarded. Heartbeats come from the consumer's own thread every 3 s, so a busy agent
-    # does not miss them; the broker accepts 6 s to 30 min (group.min/max.session.timeout.ms).
+    # those partitions are not guarded. Heartbeats come from the consumer's own thread every 3 s (a third of a
+    # shorter session), so a busy agent does not miss them; the broker accepts 6 s to 30 min
+    # (group.min/max.session.timeout.ms).
     session_timeout_s: float = 20.0
     rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
     # RocksDB's memtable per partition database (Faust's default: 64 MiB, 3 of them, per partition): states are

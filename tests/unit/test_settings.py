@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from fatigue.policy import load_policy
+from streams.app import create_app
 from streams.settings import settings_from
 
 
@@ -35,3 +39,12 @@ def test_the_session_timeout_is_short_by_default_and_bounded_like_the_broker():
     for out_of_bounds in ("5", "1801"):
         with pytest.raises(SystemExit, match="session-timeout"):
             settings_from(["--session-timeout", out_of_bounds], environ={})
+
+
+@pytest.mark.parametrize(("session_s", "heartbeat_s"), [("6", 2.0), ("9", 3.0), ("20", 3.0), ("1800", 3.0)])
+def test_heartbeats_come_at_least_three_times_per_session(session_s: str, heartbeat_s: float, tmp_path: Path):
+    # one late heartbeat must not cost the worker its partitions (Kafka's advice: a third of the session at most)
+    settings = settings_from(["--session-timeout", session_s, "--data-dir", str(tmp_path)], environ={})
+    app, _ = create_app(settings, load_policy(settings.policy_path))
+    assert app.conf.broker_session_timeout == float(session_s)
+    assert app.conf.broker_heartbeat_interval == heartbeat_s
