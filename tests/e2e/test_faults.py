@@ -91,6 +91,51 @@ class PrivateRedis:
             self.process.wait(timeout=20)
 
 
+class PrivateKafka:
+    """A broker of this test's own, started by deploy/local/stack.sh in a private cache directory (the shared
+    stack's jars linked in), so it can be stopped and restarted without touching the broker other tests use,
+    also when tests run in parallel. Redis stays the shared one."""
+
+    def __init__(self, workdir: Path, redis_url: str) -> None:
+        shared_libs = Path(os.environ.get("FATIGUE_CACHE_DIR", REPO / ".cache")).resolve() / "kafka" / "libs"
+        assert (shared_libs / ".resolved").exists(), f"the local stack's Kafka jars are missing: {shared_libs}"
+        self.cache = workdir / "cache"
+        (self.cache / "kafka").mkdir(parents=True)
+        (self.cache / "kafka" / "libs").symlink_to(shared_libs, target_is_directory=True)
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "FATIGUE_CACHE_DIR": str(self.cache),
+            "FATIGUE_KAFKA_PORT": str(self.port),
+            "FATIGUE_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "FATIGUE_REDIS_URL": redis_url,
+            # not the shared Redis's port: stack.sh takes a URL naming its own port for its own Redis
+            "FATIGUE_REDIS_PORT": str(free_port()),
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return int((self.cache / "kafka" / "kafka.pid").read_text())
+
+    def stack(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO / "deploy/local/stack.sh"), command], capture_output=True, text=True, timeout=180, env=self.env
+        )
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path, redis_url: str) -> Iterator[PrivateKafka]:
+    broker = PrivateKafka(tmp_path, redis_url)
+    started = broker.stack("up")
+    assert started.returncode == 0, started.stderr
+    yield broker
+    broker.stack("down")
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path)
@@ -393,34 +438,36 @@ def test_two_workers_one_killed_the_survivor_takes_over(deployment_factory: Call
 
 
 def test_kafka_broker_restart_mid_stream_the_worker_recovers_by_itself(
-    deployment_factory: Callable[..., GuardDeployment],
+    private_kafka: PrivateKafka, redis_url: str, tmp_path: Path
 ):
-    cache = Path(os.environ.get("FATIGUE_CACHE_DIR", REPO / ".cache"))
-    pid_file = cache / "kafka" / "kafka.pid"
-    assert pid_file.exists(), f"the local stack's broker pid file is missing: {pid_file}"
-    deployment = deployment_factory()
-    deployment.create_topics()
-    messages = make_messages(20_000, 1_500, seed=37)
-    deployment.produce(messages)
-    deployment.start_worker("w1")
-    deployment.wait_until_committed(int(0.3 * len(messages)))
-    committed_at_stop = deployment.committed_offsets("events")
-    pid = int(pid_file.read_text())
-    os.kill(pid, signal.SIGTERM)
-    print(
-        f"\nbroker (pid {pid}) stopped with {sum(committed_at_stop.values())}/{len(messages)} input offsets committed"
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    time.sleep(5)  # the worker sees the broker gone
-    assert deployment.workers["w1"].poll() is None, "the worker must ride out a broker outage"
-    restart = subprocess.run([str(REPO / "deploy/local/stack.sh"), "up"], capture_output=True, text=True, timeout=180)
-    assert restart.returncode == 0, restart.stderr
-    print("broker restarted; waiting for the worker to recover by itself")
-    print(_assert_at_least_once(deployment, messages, committed_at_stop))
-    assert deployment.workers["w1"].poll() is None
+    deployment = GuardDeployment(private_kafka.bootstrap, redis_url, tmp_path / "d")
+    deployment.workdir.mkdir()
+    try:
+        deployment.create_topics()
+        messages = make_messages(20_000, 1_500, seed=37)
+        deployment.produce(messages)
+        deployment.start_worker("w1")
+        deployment.wait_until_committed(int(0.3 * len(messages)))
+        committed_at_stop = deployment.committed_offsets("events")
+        pid = private_kafka.pid
+        os.kill(pid, signal.SIGTERM)
+        print(
+            f"\nbroker (pid {pid}) stopped with {sum(committed_at_stop.values())}/{len(messages)} input offsets "
+            "committed"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        time.sleep(5)  # the worker sees the broker gone
+        assert deployment.workers["w1"].poll() is None, "the worker must ride out a broker outage"
+        restart = private_kafka.stack("up")
+        assert restart.returncode == 0, restart.stderr
+        print("broker restarted; waiting for the worker to recover by itself")
+        print(_assert_at_least_once(deployment, messages, committed_at_stop))
+        assert deployment.workers["w1"].poll() is None
+    finally:
+        deployment.cleanup()
