@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,6 +35,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_server_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server a test stops and starts again: while it is
+    down, its clients keep reconnecting, and an ephemeral port (what ``free_port`` returns) can be taken as the local
+    end of one of those connections, so the server could not listen there again."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20_000, min(ephemeral_low, 65_536))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.app import DEAD_LETTER_MAX_VALUE_BYTES
-from tests.e2e.harness import REPO, GuardDeployment, free_port
+from tests.e2e.harness import REPO, GuardDeployment, free_port, free_server_port
 from tests.e2e.parity import (
     Messages,
     assert_dead_letters_at_least_once,
@@ -50,7 +50,7 @@ class PrivateRedis:
     """A redis-server of this test's own, so it can be stopped and started without touching the shared one."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+        self.port = free_server_port()  # restarted on the same port
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -102,12 +102,15 @@ class PrivateKafka:
         self.cache = workdir / "cache"
         (self.cache / "kafka").mkdir(parents=True)
         (self.cache / "kafka" / "libs").symlink_to(shared_libs, target_is_directory=True)
-        self.port = free_port()
+        self.port = free_server_port()  # restarted on the same ports
+        controller_port = free_server_port()
+        while controller_port == self.port:
+            controller_port = free_server_port()
         self.env = {
             **os.environ,
             "FATIGUE_CACHE_DIR": str(self.cache),
             "FATIGUE_KAFKA_PORT": str(self.port),
-            "FATIGUE_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "FATIGUE_KAFKA_CONTROLLER_PORT": str(controller_port),
             "FATIGUE_REDIS_URL": redis_url,
             # not the shared Redis's port: stack.sh takes a URL naming its own port for its own Redis
             "FATIGUE_REDIS_PORT": str(free_port()),
