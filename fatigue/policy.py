@@ -25,6 +25,8 @@ from fatigue.timeutil import format_duration, parse_duration_ms
 
 ALL_CHANNELS = "all"
 COUNTABLE_CATEGORIES = ("marketing", "service")
+# Any duration in a policy: events end at 2100 (fatigue.timeutil.MAX_TS_MS), so an `until` stays before 2110.
+MAX_POLICY_DURATION_MS = 3650 * 86_400_000
 
 
 class PolicyError(ValueError):
@@ -222,6 +224,9 @@ class _Reader:
             raise self.fail(where, str(error)) from None
         if duration_ms <= 0:
             raise self.fail(where, "must be positive")
+        if duration_ms > MAX_POLICY_DURATION_MS:
+            # an `until` must stay a date: a longer block would stop the worker at its first firing
+            raise self.fail(where, "must be at most 3650d (use an opt-out for a block without end)")
         return duration_ms
 
     def seconds(self, value: Any, where: str) -> float:
@@ -294,6 +299,12 @@ class _Reader:
 
         caps = self.caps(top.get("caps", []), max_contacts)
         hangup_threshold_s, hangup_rules, hangup_suggest = self.hangups(top.get("short_hangups"))
+        for index, rule in enumerate(hangup_rules):
+            if rule.count > max_signals:
+                # the state keeps at most max_signals hang-ups: such a rule could never fire
+                raise self.fail(
+                    f"short_hangups.rules[{index}].count", f"must be at most state.max_signals ({max_signals})"
+                )
         unread, unread_suggest = self.unread(top.get("unread"))
         complaint = self.complaint(top.get("complaint"))
         conversation = self.conversation(top.get("conversation"))
@@ -415,9 +426,13 @@ class _Reader:
         channels = table.get("channels", list(CHANNELS))
         if not isinstance(channels, list) or not channels or any(channel not in CHANNELS for channel in channels):
             raise self.fail("quiet_hours.channels", f"must list channels among {', '.join(CHANNELS)}")
+        start_minute = self.clock(table["start"], "quiet_hours.start")
+        end_minute = self.clock(table["end"], "quiet_hours.end")
+        if start_minute == end_minute:
+            raise self.fail("quiet_hours.end", "must differ from start (the range would be empty: leave the table out)")
         return QuietHoursRule(
             rule_id=self.string(table["id"], "quiet_hours.id"),
-            start_minute=self.clock(table["start"], "quiet_hours.start"),
-            end_minute=self.clock(table["end"], "quiet_hours.end"),
+            start_minute=start_minute,
+            end_minute=end_minute,
             channels=tuple(channels),
         )

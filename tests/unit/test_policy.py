@@ -74,6 +74,20 @@ def test_rule_ids_are_unique_and_stable():
         ('version = "x"\n[customer]\ndefault_timezone = "Nowhere/City"', "customer.default_timezone"),
         ('version = "x"\n[quiet_hours]\nid = "q"\nstart = "9pm"\nend = "08:00"', "quiet_hours.start"),
         ("version = [", "not valid TOML"),
+        # an `until` must stay a date: a longer block would stop the worker at its first firing
+        ('version = "x"\n[conversation]\nid = "c"\nmin_duration = "30s"\nblock = "4000000d"', "conversation.block"),
+        (
+            'version = "x"\n[complaint]\nid = "c"\nchannel_block = "3651d"\nother_channels_block = "7d"',
+            "complaint.channel_block: must be at most 3650d",
+        ),
+        # the state keeps at most max_signals hang-ups: a rule needing more could never fire
+        (
+            'version = "x"\n[state]\nmax_signals = 4\n[short_hangups]\nthreshold = "30s"\n'
+            '[[short_hangups.rules]]\nid = "h"\ncount = 5\nwindow = "30d"\nblock = "30d"',
+            "short_hangups.rules[0].count: must be at most state.max_signals (4)",
+        ),
+        # an empty range would silently switch the rule off
+        ('version = "x"\n[quiet_hours]\nid = "q"\nstart = "21:00"\nend = "21:00"', "quiet_hours.end"),
     ],
 )
 def test_invalid_policies_are_refused_with_the_key_named(tmp_path: Path, text, message):
