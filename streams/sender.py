@@ -20,8 +20,9 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from fatigue.events import CHANNELS, is_known_timezone, parse_clock_minute
+from fatigue.events import CATEGORIES, CHANNELS, is_known_timezone, parse_clock_minute
 from fatigue.policy import Policy
+from fatigue.timeutil import parse_iso_ms
 
 Decision = dict[str, Any]
 ChangeHook = Callable[[str, Decision | None], None]
@@ -32,8 +33,19 @@ def _now_ms() -> int:
 
 
 def _in_force(decision: Decision, at_ms: int) -> bool:
+    """A block is in force on [decided, until): ``until_ms`` is our extension, ``until`` the contract's field."""
+    if decision.get("action") != "block":
+        return False
     until = decision.get("until_ms")
-    return decision.get("action") == "block" and (until is None or until > at_ms)
+    if until is None and isinstance(decision.get("until"), str):
+        until = parse_iso_ms(decision["until"])
+    return until is None or until > at_ms
+
+
+def _check_channel(channel: str) -> None:
+    # a misspelt channel has no key in Redis and would read as "allowed"
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}: one of {', '.join(CHANNELS)}")
 
 
 class BlockFollower:
@@ -106,6 +118,11 @@ class BlockFollower:
         return {key: decision for key, decision in self.blocks.items() if _in_force(decision, at)}
 
     def blocked(self, customer_id: str, channel: str, at_ms: int | None = None) -> Decision | None:
+        """The block in force on ``channel`` for this customer, or None when the channel is open."""
+        _check_channel(channel)
+        if self.channel is not None and channel != self.channel:
+            # this follower never read that channel's decisions: None would wrongly read as "open"
+            raise ValueError(f"this follower follows {self.channel} only, not {channel}")
         decision = self.blocks.get(f"{channel}:{customer_id}")
         at = _now_ms() if at_ms is None else at_ms
         return decision if decision is not None and _in_force(decision, at) else None
@@ -125,7 +142,12 @@ ALLOWED = Verdict(True)
 
 
 class PreSendCheck:
-    """Pre-send lookups against the guard's Redis view (one customer, or an audience in bulk)."""
+    """Pre-send lookups against the guard's Redis view (one customer, or an audience in bulk).
+
+    ``category`` is the message's, as in the contract: only the categories the policy counts (marketing; service
+    when the policy opts it in) are ever held back. Bills, OTPs and reminders are always allowed, blocks and quiet
+    hours notwithstanding, without a lookup.
+    """
 
     def __init__(
         self,
@@ -139,8 +161,19 @@ class PreSendCheck:
         self.prefix = prefix
         self.policy_quiet = policy.quiet_hours if policy is not None else None
         self.default_timezone = policy.default_timezone if policy is not None else default_timezone
+        self.guarded_categories = policy.counted_categories if policy is not None else frozenset({"marketing"})
 
-    def is_allowed(self, customer_id: str, channel: str, at_ms: int | None = None) -> Verdict:
+    def _guards(self, channel: str, category: str) -> bool:
+        _check_channel(channel)
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}: one of {', '.join(CATEGORIES)}")
+        return category in self.guarded_categories
+
+    def is_allowed(
+        self, customer_id: str, channel: str, at_ms: int | None = None, *, category: str = "marketing"
+    ) -> Verdict:
+        if not self._guards(channel, category):
+            return ALLOWED
         at = _now_ms() if at_ms is None else at_ms
         block, prefs = self.client.mget(
             [f"{self.prefix}:block:{channel}:{customer_id}", f"{self.prefix}:prefs:{customer_id}"]
@@ -148,9 +181,19 @@ class PreSendCheck:
         return self._verdict(block, prefs, channel, at)
 
     def filter(
-        self, customer_ids: Iterable[str], channel: str, at_ms: int | None = None, batch: int = 5_000
+        self,
+        customer_ids: Iterable[str],
+        channel: str,
+        at_ms: int | None = None,
+        batch: int = 5_000,
+        *,
+        category: str = "marketing",
     ) -> Iterator[tuple[str, Verdict]]:
         """``(customer_id, verdict)`` for every id, looked up ``batch`` ids per round trip."""
+        if not self._guards(channel, category):
+            for customer_id in customer_ids:
+                yield customer_id, ALLOWED
+            return
         at = _now_ms() if at_ms is None else at_ms
         chunk: list[str] = []
         for customer_id in customer_ids:
@@ -190,7 +233,9 @@ class PreSendCheck:
                 ranges.append((start, end))
         if self.policy_quiet is not None and channel in self.policy_quiet.channels:
             ranges.append((self.policy_quiet.start_minute, self.policy_quiet.end_minute))
-        if ranges and _inside_any(ranges, at, zone if is_known_timezone(zone) else "UTC"):
+        if not is_known_timezone(zone):  # a zone this machine's tz database lacks: as if the customer had none
+            zone = self.default_timezone if is_known_timezone(self.default_timezone) else "UTC"
+        if ranges and _inside_any(ranges, at, zone):
             return Verdict(False, "quiet_hours")
         return ALLOWED
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from fatigue.events import CHANNELS
+from fatigue.events import CATEGORIES, CHANNELS
 
 
 def _events(arguments: list[str]) -> Iterator[bytes]:
@@ -116,6 +116,12 @@ def filter_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fatigue filter", description=filter_main.__doc__)
     parser.add_argument("audience", help="file of customer ids, one per line ('-' for stdin)")
     parser.add_argument("--channel", choices=CHANNELS, required=True)
+    parser.add_argument(
+        "--category",
+        choices=CATEGORIES,
+        default="marketing",
+        help="the message's category (default: %(default)s); transactional mail is never held back",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"))
     parser.add_argument("--prefix", default=os.environ.get("FATIGUE_REDIS_PREFIX", "fatigue"))
     parser.add_argument("--policy", help="policy file, to honour its quiet hours too (e.g. the tcpa preset)")
@@ -126,7 +132,10 @@ def filter_main(argv: list[str]) -> int:
     from streams.sender import PreSendCheck
 
     policy = load_policy(args.policy) if args.policy else None
-    source = sys.stdin.buffer if args.audience == "-" else open(args.audience, "rb")  # noqa: SIM115
+    try:
+        source = sys.stdin.buffer if args.audience == "-" else open(args.audience, "rb")  # noqa: SIM115
+    except OSError as error:
+        parser.error(f"cannot read the audience: {error}")
     total = os.fstat(source.fileno()).st_size if args.audience != "-" else 0
     progress = sys.stderr.isatty() and total > 1_000_000
     client = redis.Redis.from_url(args.redis_url)
@@ -140,12 +149,17 @@ def filter_main(argv: list[str]) -> int:
         nonlocal done
         for line in source:
             done += len(line)
-            customer_id = line.strip().decode()
+            try:
+                customer_id = line.strip().decode()
+            except UnicodeDecodeError:
+                # not an id the guard can hold (ids are UTF-8): it cannot be checked, so it is not let through
+                removed["invalid_id"] = removed.get("invalid_id", 0) + 1
+                continue
             if customer_id:
                 yield customer_id
 
     try:
-        for customer_id, verdict in check.filter(ids(), args.channel):
+        for customer_id, verdict in check.filter(ids(), args.channel, category=args.category):
             seen += 1
             if verdict.allowed:
                 kept += 1
@@ -164,7 +178,11 @@ def filter_main(argv: list[str]) -> int:
     if progress:
         sys.stderr.write("\n")
     summary = ", ".join(f"{reason} {count}" for reason, count in sorted(removed.items())) or "none"
-    print(f"{seen} ids, {kept} allowed, {seen - kept} removed ({summary}) in {elapsed:.2f}s", file=sys.stderr)
+    invalid = removed.get("invalid_id", 0)
+    print(
+        f"{seen + invalid} ids, {kept} allowed, {seen + invalid - kept} removed ({summary}) in {elapsed:.2f}s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -204,6 +222,12 @@ def inspect_main(argv: list[str]) -> int:
         if error.code == 404:
             print(f"the guard holds nothing about {args.customer_id}", file=sys.stderr)
             return 1
-        raise
+        print(f"fatigue inspect: the worker at {args.url} answered {error.code} {error.reason}", file=sys.stderr)
+        return 2
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        message = f"fatigue inspect: no worker answers at {args.url} ({reason}); set --url or FATIGUE_WORKER_URL"
+        print(message, file=sys.stderr)
+        return 2
     sys.stdout.buffer.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
     return 0
