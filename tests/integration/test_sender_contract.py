@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import subprocess
 import sys
 import time
@@ -20,7 +21,10 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from fatigue.engine import Guard
 from fatigue.policy import load_policy
+from fatigue.replay import Replay
+from fatigue.state import preferences_view
 from streams.sender import BlockFollower, PreSendCheck
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,3 +193,75 @@ def test_filter_removes_a_line_that_is_not_utf8_and_counts_it(redis_url: str, pr
     done = _cli("filter", "--channel", "email", str(audience), env={"FATIGUE_REDIS_PREFIX": prefix})
     assert (done.returncode, done.stdout) == (0, b"a\nc\n"), done.stderr
     assert b"3 ids, 2 allowed, 1 removed (invalid_id 1)" in done.stderr
+
+
+# --- the pre-send verdict is the guard's own judgement of that instant -------------------------------------
+
+ZONES = ["UTC", "Asia/Tokyo", "America/New_York", "Europe/Paris", "Australia/Lord_Howe", "Asia/Kathmandu", None]
+BASE = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def _event(**body: Any) -> bytes:
+    body.setdefault("customer_id", "k")
+    return orjson.dumps(body)
+
+
+@pytest.mark.parametrize("policy_name", ["default", "tcpa"])
+def test_the_quiet_hours_verdict_is_what_the_engine_counts_as_a_violation(
+    redis_client: redis.Redis, prefix: str, policy_name: str
+):
+    policy = load_policy(REPO / f"config/policies/{policy_name}.toml")
+    check = PreSendCheck(redis_client, prefix=prefix, policy=policy)
+    rng = random.Random(7)
+    mismatches = []
+    quiet_seen = 0
+    for i in range(400):
+        channel = rng.choice(["email", "sms", "call"])
+        zone = rng.choice(ZONES)
+        start, end = rng.randrange(1440), rng.randrange(1440)
+        if rng.random() < 0.2:
+            end = (start + 1) % 1440
+        pref = {
+            "type": "preference",
+            "event_id": f"p{i}",
+            "ts": BASE,
+            "quiet_hours": {"start": f"{start // 60:02d}:{start % 60:02d}", "end": f"{end // 60:02d}:{end % 60:02d}"},
+        }
+        if rng.random() < 0.5:
+            pref["channel"] = channel
+        if zone is not None:
+            pref["timezone"] = zone
+        # an instant within a day after BASE, near that minute in some zone, seconds random
+        at = BASE + rng.randrange(0, 270 * 86_400_000 // 60_000) * 60_000 + rng.randrange(60_000)
+        replay = Replay(Guard(policy))
+        replay.feed(_event(**pref))
+        step = replay.feed(_event(type="contact", event_id=f"c{i}", ts=at, channel=channel))
+        quiet_violation = any(v["kind"] == "quiet_hours" for v in step.violations)
+        redis_client.set(f"{prefix}:prefs:k", orjson.dumps(preferences_view(replay.states["k"])))
+        verdict = check.is_allowed("k", channel, at)
+        quiet_seen += quiet_violation
+        if verdict.allowed == quiet_violation:
+            mismatches.append((pref, at, channel, verdict, step.violations))
+    assert not mismatches, mismatches[:3]
+    assert quiet_seen > 50
+
+
+def test_a_block_ends_at_until_for_the_check_as_for_the_engine(redis_client: redis.Redis, prefix: str):
+    """Blocked on [decided, until): a contact at until-1 is a 'blocked' violation and the pre-send check refuses;
+    at until it is neither."""
+    policy = load_policy(REPO / "config/policies/default.toml")
+    check = PreSendCheck(redis_client, prefix=prefix)
+    t0 = BASE
+    for offset, expect_blocked in ((-1, True), (0, False)):
+        replay = Replay(Guard(policy))
+        decisions = []
+        for n, ts in enumerate((t0, t0 + 3_600_000)):
+            decisions += replay.feed(_event(type="contact", event_id=f"s{n}", ts=ts, channel="sms")).decisions
+        decision = decisions[-1]
+        assert decision["action"] == "block"
+        redis_client.set(f"{prefix}:block:sms:k", orjson.dumps(decision))
+        at = decision["until_ms"] + offset
+        step = replay.feed(_event(type="contact", event_id="probe", ts=at, channel="sms"))
+        violated = any(v["kind"] == "blocked" for v in step.violations)
+        assert violated is expect_blocked
+        assert check.is_allowed("k", "sms", at).allowed is (not expect_blocked)
