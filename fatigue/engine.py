@@ -32,6 +32,8 @@ _OPT_OUT_REASONS: Final = {"unsubscribe": "unsubscribe", "sms_stop": "sms_stop",
 _NEGATIVE_REACTIONS: Final = frozenset({"short_hangups", "unread"})
 _MAX_EVIDENCE_TIMESTAMPS: Final = 10
 _MAX_LIFTED_OPT_OUTS: Final = 16  # opt-outs lifted within the late grace: a customer flipping more is trimmed
+_MAX_SUPERSEDED_SIGNALS: Final = 16  # earlier complaints and conversations kept for the late grace (hot-key bound)
+_CONVERSATION_SIGNAL: Final = 3  # the kind of a superseded conversation (0-2: a complaint on that channel)
 _TRIM_PERIOD_MS: Final = 3_600_000
 
 
@@ -322,14 +324,17 @@ class Guard:
                 state.trimmed += 1
             changed = True
         conversation = policy.conversation
-        if (
-            conversation is not None
-            and event.duration_s >= conversation.min_duration_s
-            and (state.conversation_ms is None or event.ts_ms > state.conversation_ms)
-        ):
-            state.conversation_ms = event.ts_ms
-            _trim_due_by(state, event.ts_ms + conversation.block_ms)
-            changed = True
+        if conversation is not None and event.duration_s >= conversation.min_duration_s:
+            talked_at = state.conversation_ms
+            if talked_at is None or event.ts_ms > talked_at:
+                if talked_at is not None:
+                    self._remember_superseded(state, _CONVERSATION_SIGNAL, talked_at, event.ts_ms)
+                state.conversation_ms = event.ts_ms
+                _trim_due_by(state, event.ts_ms + conversation.block_ms)
+                changed = True
+            elif event.ts_ms < talked_at:
+                # an earlier conversation delivered late changes no decision, only late contacts' violations
+                self._remember_superseded(state, _CONVERSATION_SIGNAL, event.ts_ms, talked_at)
         if changed:
             self._evaluate_event(state, (CALL,), event, step)
 
@@ -360,6 +365,17 @@ class Guard:
         _trim_due_by(state, lifted_ms + self._late_grace_ms)
         if len(lifted) > _MAX_LIFTED_OPT_OUTS:
             del lifted[0]
+            state.trimmed += 1
+
+    def _remember_superseded(self, state: CustomerState, kind: int, at: int, superseded_at: int) -> None:
+        """Keep a complaint or conversation that a later one of the same kind supersedes while a contact made
+        before the later one can still arrive (the late grace): made during the earlier one's block, that contact
+        is a violation (see _block_at). Decisions need only the latest."""
+        superseded = state.superseded_signals
+        superseded.append([kind, at, superseded_at])
+        _trim_due_by(state, superseded_at + self._late_grace_ms)
+        if len(superseded) > _MAX_SUPERSEDED_SIGNALS:
+            del superseded[0]
             state.trimmed += 1
 
     def _remember_early_open(self, state: CustomerState, event: Event) -> None:
@@ -448,9 +464,14 @@ class Guard:
         channel = CHANNEL_INDEX[event.channel]  # type: ignore[index]
         previous = state.complaints[channel]
         if previous is None or event.ts_ms > previous:
+            if previous is not None:
+                self._remember_superseded(state, channel, previous, event.ts_ms)
             state.complaints[channel] = event.ts_ms
             _trim_due_by(state, event.ts_ms + self._complaint_retention_ms)
             self._evaluate_event(state, ALL_CHANNEL_INDEXES, event, step)
+        elif event.ts_ms < previous:
+            # an earlier complaint delivered late: the later one decides, this one judges late contacts made before
+            self._remember_superseded(state, channel, event.ts_ms, previous)
 
     def _on_preference(self, state: CustomerState, event: Event, step: Step) -> None:
         prefs = event.prefs or {}
@@ -807,14 +828,21 @@ class Guard:
             if lifted_channel == channel and since <= at < lifted_at:
                 offer(None, 0, _OPT_OUT_REASONS[source], f"opt_out.{source}")
         complaint = self._complaint
+        superseded = state.superseded_signals
         if complaint is not None:
-            for other in ALL_CHANNEL_INDEXES:
-                complained_at = state.complaints[other]
-                if complained_at is not None and complained_at <= at:
-                    same = other == channel
-                    block_ms = complaint.channel_block_ms if same else complaint.other_channels_block_ms
-                    kind = "channel" if same else "other_channels"
-                    offer(complained_at + block_ms, 1, "complaint", f"{complaint.rule_id}.{kind}")
+            # the latest complaint made at or before `at` per channel decides; offering the earlier ones too is
+            # the same (an earlier start ends earlier)
+            complained = [
+                (other, complained_at)
+                for other, complained_at in enumerate(state.complaints)
+                if complained_at is not None and complained_at <= at
+            ]
+            complained += [(kind, then) for kind, then, _ in superseded if kind != _CONVERSATION_SIGNAL and then <= at]
+            for other, complained_at in complained:
+                same = other == channel
+                block_ms = complaint.channel_block_ms if same else complaint.other_channels_block_ms
+                kind_name = "channel" if same else "other_channels"
+                offer(complained_at + block_ms, 1, "complaint", f"{complaint.rule_id}.{kind_name}")
         logs = state.logs
         for scope in (channel, SCOPE_ALL):
             cap = state.customer_caps[scope]
@@ -834,9 +862,13 @@ class Guard:
                     if index + 1 - bisect_right(hangups, hung_up_at - rule.window_ms, 0, index + 1) >= rule.count:
                         offer(hung_up_at + rule.block_ms, 3, "short_hangups", rule.rule_id)
             conversation = self.policy.conversation
-            talked_at = state.conversation_ms
-            if conversation is not None and talked_at is not None and talked_at <= at:
-                offer(talked_at + conversation.block_ms, 4, "conversation", conversation.rule_id)
+            if conversation is not None:
+                talks = [then for kind, then, _ in superseded if kind == _CONVERSATION_SIGNAL]
+                if state.conversation_ms is not None:
+                    talks.append(state.conversation_ms)
+                for talked_at in talks:
+                    if talked_at <= at:
+                        offer(talked_at + conversation.block_ms, 4, "conversation", conversation.rule_id)
         elif channel == EMAIL and self._unread is not None:
             for block in (state.unread_block, state.unread_prior):
                 if block is not None and block[0] <= at:
@@ -1014,6 +1046,10 @@ class Guard:
         if lifted:
             # a contact made before the opt-in would now be late
             lifted[:] = [entry for entry in lifted if entry[2] > id_cutoff]
+        superseded = state.superseded_signals
+        if superseded:
+            # a contact made before the newer signal would now be late
+            superseded[:] = [entry for entry in superseded if entry[2] > id_cutoff]
         retention = self._retention_ms
         caps = state.customer_caps
         if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
@@ -1083,6 +1119,8 @@ class Guard:
         if state.unread_prior is not None:
             due = min(due, state.unread_prior[1])
         for entry in lifted:
+            due = min(due, entry[2] + self._late_grace_ms)
+        for entry in superseded:
             due = min(due, entry[2] + self._late_grace_ms)
         for record in emitted:
             if record is None:

@@ -77,6 +77,16 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
                 }
                 for channel, since, lifted_at, source in state.lifted_opt_outs
             ],
+            # earlier complaints and conversations than the ones above, kept for the late grace: a contact made
+            # during their blocks is a violation
+            "signals_superseded": [
+                {
+                    "signal": "conversation" if kind == 3 else f"complaint:{CHANNELS[kind]}",
+                    "at": format_ms(then),
+                    "superseded_at": format_ms(superseded_at),
+                }
+                for kind, then, superseded_at in state.superseded_signals
+            ],
             # human opens delivered before the email they are for, kept for the late grace to be matched
             "opens_awaiting_their_email": [
                 {"email_event_id": ref, "opened_at": format_ms(opened_at)}

@@ -25,6 +25,8 @@ SCOPE_ALL = 3
 #   pending email: [deadline_ms, contact_event_id, opened: 0 | 1]
 #   early opens:   {contact_event_id: opened_at_ms}, human opens delivered before the email they are for
 #   lifted opt-out: [channel, opted_out_at_ms, lifted_at_ms, source], kept for the late grace after the opt-in
+#   superseded signal: [kind (0-2: complaint on that channel, 3: conversation), at_ms, superseded_at_ms]: an earlier
+#                  complaint or conversation than the one kept, for the late grace after the newer one
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
 #                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
@@ -53,6 +55,7 @@ class CustomerState:
         "quiet",
         "settled",
         "streak",
+        "superseded_signals",
         "timezone",
         "trim_due_ms",
         "trimmed",
@@ -71,6 +74,7 @@ class CustomerState:
         self.complaints: list[int | None] = [None, None, None]
         self.opt_outs: list[list[Any] | None] = [None, None, None]
         self.lifted_opt_outs: list[list[Any]] = []  # so that a late contact made while opted out is a violation
+        self.superseded_signals: list[list[int]] = []  # likewise for one made during an earlier complaint's block
         self.customer_caps: list[list[Any] | None] = [None, None, None, None]
         self.quiet: list[list[Any] | None] = [None, None, None]
         self.timezone: list[Any] | None = None
@@ -106,6 +110,8 @@ class CustomerState:
             out["o"] = self.opt_outs
         if self.lifted_opt_outs:
             out["lo"] = self.lifted_opt_outs
+        if self.superseded_signals:
+            out["ss"] = self.superseded_signals
         if any(item is not None for item in self.customer_caps):
             out["cc"] = self.customer_caps
         if any(item is not None for item in self.quiet):
@@ -143,6 +149,7 @@ class CustomerState:
         state.complaints = data.get("cp") or [None, None, None]
         state.opt_outs = data.get("o") or [None, None, None]
         state.lifted_opt_outs = data.get("lo") or []
+        state.superseded_signals = data.get("ss") or []
         state.customer_caps = data.get("cc") or [None, None, None, None]
         state.quiet = data.get("q") or [None, None, None]
         state.timezone = data.get("tz")

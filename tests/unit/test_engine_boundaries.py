@@ -610,3 +610,41 @@ def test_contact_during_an_opt_out_that_was_lifted_later_is_a_violation():
     assert s.state is not None and s.state.lifted_opt_outs == [[0, at(0), at(5), "unsubscribe"]]
     s.contact(at(6), "sms")  # the newest event a day after the opt-in: a contact before it would be late
     assert s.state.lifted_opt_outs == []
+
+
+def test_late_call_inside_an_earlier_conversation_block_after_a_second_conversation_is_a_violation():
+    """reg-f: no call within 7 days after a conversation. Conversations at hour 0 and hour 20; a call made at hour
+    10 (inside the first one's block, before the second) arrives late: a violation of the first block."""
+    s = Scenario("reg-f")
+    s.call_ended(at(0), duration_s=120)
+    s.call_ended(at(0, hours=20), duration_s=120)
+    step = s.contact(at(0, hours=10), "call", sender="dialer")
+    assert [(v["kind"], v["reason"], v["until"], v["sender"]) for v in step.violations] == [
+        ("blocked", "conversation", format_ms(at(7)), "dialer")
+    ]
+    assert s.contact(at(0) - 1, "call").violations == [], "made before any conversation"
+
+
+def test_an_earlier_conversation_delivered_late_judges_late_calls_made_in_its_block():
+    s = Scenario("reg-f")
+    s.call_ended(at(0, hours=20), duration_s=120)
+    assert s.call_ended(at(0), duration_s=120).decisions == [], "the later conversation's block already decides"
+    step = s.contact(at(0, hours=10), "call", sender="dialer")
+    assert [(v["reason"], v["until"]) for v in step.violations] == [("conversation", format_ms(at(7)))]
+
+
+def test_late_contact_between_two_complaints_violates_the_earlier_complaints_block():
+    s = Scenario()
+    s.complaint(at(0), "sms")
+    s.complaint(at(0, hours=20), "sms")
+    sms = s.contact(at(0, hours=10), "sms", sender="crm")
+    assert [(v["reason"], v["rule_id"], v["until"]) for v in sms.violations] == [
+        ("complaint", "complaint.channel", format_ms(at(180)))
+    ]
+    email = s.contact(at(0, hours=10), "email", sender="crm")  # the other channels: 7 days from the first
+    assert [(v["reason"], v["rule_id"], v["until"]) for v in email.violations] == [
+        ("complaint", "complaint.other_channels", format_ms(at(7)))
+    ]
+    assert s.state is not None and s.state.superseded_signals == [[1, at(0), at(0, hours=20)]]
+    s.contact(at(1, hours=21), "call")  # a day after the second complaint: a contact before it would be late
+    assert s.state.superseded_signals == []
