@@ -233,11 +233,11 @@ class PreSendCheck:
                 ranges.append((start, end))
         if self.policy_quiet is not None and channel in self.policy_quiet.channels:
             ranges.append((self.policy_quiet.start_minute, self.policy_quiet.end_minute))
+        if not ranges:
+            return ALLOWED
         if not is_known_timezone(zone):  # a zone this machine's tz database lacks: as if the customer had none
             zone = self.default_timezone if is_known_timezone(self.default_timezone) else "UTC"
-        if ranges and _inside_any(ranges, at, zone):
-            return Verdict(False, "quiet_hours")
-        return ALLOWED
+        return Verdict(False, "quiet_hours") if _inside_any(ranges, at, zone) else ALLOWED
 
 
 def _inside_any(ranges: list[tuple[int, int]], at_ms: int, zone: str) -> bool:
