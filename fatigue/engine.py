@@ -34,6 +34,8 @@ _MAX_EVIDENCE_TIMESTAMPS: Final = 10
 _MAX_LIFTED_OPT_OUTS: Final = 16  # opt-outs lifted within the late grace: a customer flipping more is trimmed
 _MAX_SUPERSEDED_SIGNALS: Final = 16  # earlier complaints and conversations kept for the late grace (hot-key bound)
 _CONVERSATION_SIGNAL: Final = 3  # the kind of a superseded conversation (0-2: a complaint on that channel)
+_MAX_SUPERSEDED_FACTS: Final = 16  # earlier quiet hours and time zones kept for the late grace (hot-key bound)
+_TIMEZONE_FACT: Final = 3  # the kind of a superseded time zone (0-2: quiet hours of that channel)
 _TRIM_PERIOD_MS: Final = 3_600_000
 
 
@@ -378,6 +380,22 @@ class Guard:
             del superseded[0]
             state.trimmed += 1
 
+    def _keep_superseded_fact(
+        self, state: CustomerState, kind: int, current: list[Any] | None, fact: list[Any]
+    ) -> None:
+        """Quiet hours and time zone judge a contact at its own instant: whichever of ``current`` and ``fact``
+        (a preference just received) is the earlier is kept for the late grace after the later one, so a late
+        contact made in between is judged with what was in force then (see _quiet_rule_at)."""
+        if current is None or fact[0] == current[0]:
+            return
+        older, newer_at = (current, fact[0]) if fact[0] > current[0] else (fact, current[0])
+        superseded = state.superseded_facts
+        superseded.append([kind, older, newer_at])
+        _trim_due_by(state, newer_at + self._late_grace_ms)
+        if len(superseded) > _MAX_SUPERSEDED_FACTS:
+            del superseded[0]
+            state.trimmed += 1
+
     def _remember_early_open(self, state: CustomerState, event: Event) -> None:
         """Keep an open for an email not seen yet, until no contact made before the open can be accepted any more.
 
@@ -495,9 +513,14 @@ class Guard:
         if "quiet_hours" in prefs:
             hours = prefs["quiet_hours"]
             for channel in scope:
-                _set_fact(state.quiet, channel, [ts, *hours] if hours is not None else [ts, None, None])
-        if "timezone" in prefs and (state.timezone is None or ts >= state.timezone[0]):
-            state.timezone = [ts, prefs["timezone"]]
+                fact = [ts, *hours] if hours is not None else [ts, None, None]
+                self._keep_superseded_fact(state, channel, state.quiet[channel], fact)
+                _set_fact(state.quiet, channel, fact)
+        if "timezone" in prefs:
+            fact = [ts, prefs["timezone"]]
+            self._keep_superseded_fact(state, _TIMEZONE_FACT, state.timezone, fact)
+            if state.timezone is None or ts >= state.timezone[0]:
+                state.timezone = fact
         if affected:
             lift_reason = "opt_in" if prefs.get("opt_out") is False else "customer_cap_changed"
             now = state.watermark_ms
@@ -886,8 +909,11 @@ class Guard:
         return best[1], best[2], best[3]
 
     def _quiet_rule_at(self, state: CustomerState, channel: int, ts: int) -> str | None:
-        """The quiet-hours rule id that ``ts`` falls in for this customer and channel, if any."""
+        """The quiet-hours rule id that ``ts`` falls in for this customer and channel, if any, with the customer's
+        quiet hours and time zone of that instant (a late contact may precede the current ones)."""
         own = state.quiet[channel]
+        if own is not None and own[0] > ts:
+            own = _fact_at(state.superseded_facts, channel, ts)
         if own is None and self.policy.quiet_hours is None:
             return None
         ranges: list[tuple[int, int, str]] = []
@@ -898,7 +924,10 @@ class Guard:
             ranges.append((rule.start_minute, rule.end_minute, rule.rule_id))
         if not ranges:
             return None
-        zone_name = state.timezone[1] if state.timezone is not None and state.timezone[1] else None
+        zone = state.timezone
+        if zone is not None and zone[0] > ts:
+            zone = _fact_at(state.superseded_facts, _TIMEZONE_FACT, ts)
+        zone_name = zone[1] if zone is not None and zone[1] else None
         local = datetime.fromtimestamp(ts / 1000, ZoneInfo(zone_name or self.policy.default_timezone))
         minute = local.hour * 60 + local.minute
         for start, end, rule_id in ranges:
@@ -1050,6 +1079,9 @@ class Guard:
         if superseded:
             # a contact made before the newer signal would now be late
             superseded[:] = [entry for entry in superseded if entry[2] > id_cutoff]
+        facts = state.superseded_facts
+        if facts:
+            facts[:] = [entry for entry in facts if entry[2] > id_cutoff]
         retention = self._retention_ms
         caps = state.customer_caps
         if caps[0] is not None or caps[1] is not None or caps[2] is not None or caps[3] is not None:
@@ -1121,6 +1153,8 @@ class Guard:
         for entry in lifted:
             due = min(due, entry[2] + self._late_grace_ms)
         for entry in superseded:
+            due = min(due, entry[2] + self._late_grace_ms)
+        for entry in facts:
             due = min(due, entry[2] + self._late_grace_ms)
         for record in emitted:
             if record is None:
@@ -1323,6 +1357,15 @@ def _active(until_ms: int | None, at: int) -> bool:
 def _blocking(decision: dict[str, Any], at: int) -> bool:
     """True when ``decision`` is a block still in force at ``at``."""
     return decision["action"] == "block" and _active(decision["until_ms"], at)
+
+
+def _fact_at(superseded: list[list[Any]], kind: int, at: int) -> list[Any] | None:
+    """The superseded fact of ``kind`` in force at ``at`` (the latest set at or before it), if one is kept."""
+    found: list[Any] | None = None
+    for entry_kind, fact, _ in superseded:
+        if entry_kind == kind and fact[0] <= at and (found is None or fact[0] >= found[0]):
+            found = fact
+    return found
 
 
 def _set_fact(facts: list[list[Any] | None], index: int, fact: list[Any]) -> bool:

@@ -87,6 +87,23 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
                 }
                 for kind, then, superseded_at in state.superseded_signals
             ],
+            # earlier quiet hours and time zones than the current ones, kept for the late grace: a late contact is
+            # judged with those of its own instant
+            "preferences_superseded": [
+                {
+                    "field": "timezone" if kind == 3 else f"quiet_hours:{CHANNELS[kind]}",
+                    "set_at": format_ms(fact[0]),
+                    "value": fact[1]
+                    if kind == 3
+                    else (
+                        None
+                        if fact[1] is None
+                        else f"{fact[1] // 60:02d}:{fact[1] % 60:02d}-{fact[2] // 60:02d}:{fact[2] % 60:02d}"
+                    ),
+                    "superseded_at": format_ms(superseded_at),
+                }
+                for kind, fact, superseded_at in state.superseded_facts
+            ],
             # human opens delivered before the email they are for, kept for the late grace to be matched
             "opens_awaiting_their_email": [
                 {"email_event_id": ref, "opened_at": format_ms(opened_at)}

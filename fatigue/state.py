@@ -27,6 +27,8 @@ SCOPE_ALL = 3
 #   lifted opt-out: [channel, opted_out_at_ms, lifted_at_ms, source], kept for the late grace after the opt-in
 #   superseded signal: [kind (0-2: complaint on that channel, 3: conversation), at_ms, superseded_at_ms]: an earlier
 #                  complaint or conversation than the one kept, for the late grace after the newer one
+#   superseded fact: [kind (0-2: quiet hours of that channel, 3: time zone), fact, superseded_at_ms]: an earlier
+#                  quiet hours or time zone than the one kept, for the late grace after the newer one
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
 #                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
@@ -55,6 +57,7 @@ class CustomerState:
         "quiet",
         "settled",
         "streak",
+        "superseded_facts",
         "superseded_signals",
         "timezone",
         "trim_due_ms",
@@ -75,6 +78,7 @@ class CustomerState:
         self.opt_outs: list[list[Any] | None] = [None, None, None]
         self.lifted_opt_outs: list[list[Any]] = []  # so that a late contact made while opted out is a violation
         self.superseded_signals: list[list[int]] = []  # likewise for one made during an earlier complaint's block
+        self.superseded_facts: list[list[Any]] = []  # and for its quiet hours and time zone of that instant
         self.customer_caps: list[list[Any] | None] = [None, None, None, None]
         self.quiet: list[list[Any] | None] = [None, None, None]
         self.timezone: list[Any] | None = None
@@ -112,6 +116,8 @@ class CustomerState:
             out["lo"] = self.lifted_opt_outs
         if self.superseded_signals:
             out["ss"] = self.superseded_signals
+        if self.superseded_facts:
+            out["sf"] = self.superseded_facts
         if any(item is not None for item in self.customer_caps):
             out["cc"] = self.customer_caps
         if any(item is not None for item in self.quiet):
@@ -150,6 +156,7 @@ class CustomerState:
         state.opt_outs = data.get("o") or [None, None, None]
         state.lifted_opt_outs = data.get("lo") or []
         state.superseded_signals = data.get("ss") or []
+        state.superseded_facts = data.get("sf") or []
         state.customer_caps = data.get("cc") or [None, None, None, None]
         state.quiet = data.get("q") or [None, None, None]
         state.timezone = data.get("tz")

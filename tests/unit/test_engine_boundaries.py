@@ -648,3 +648,29 @@ def test_late_contact_between_two_complaints_violates_the_earlier_complaints_blo
     assert s.state is not None and s.state.superseded_signals == [[1, at(0), at(0, hours=20)]]
     s.contact(at(1, hours=21), "call")  # a day after the second complaint: a contact before it would be late
     assert s.state.superseded_signals == []
+
+
+def test_late_contact_made_before_a_timezone_change_is_judged_in_the_zone_of_its_instant():
+    """tcpa: quiet hours 21:00-08:00 in the customer's zone. New York until 04:00Z, Tokyo from then on; an sms made
+    at 03:00Z (22:00 in New York, noon in Tokyo) arrives after the change: made inside quiet hours."""
+    s = Scenario("tcpa")
+    s.preference(parse_iso_ms("2026-11-02T00:00:00Z"), timezone="America/New_York")
+    s.preference(parse_iso_ms("2026-11-03T04:00:00Z"), timezone="Asia/Tokyo")
+    step = s.contact(parse_iso_ms("2026-11-03T03:00:00Z"), "sms", sender="s")
+    assert [v["rule_id"] for v in step.violations] == ["tcpa.quiet_hours"]
+    # 04:00Z is 13:00 in Tokyo: in time order, the new zone applies
+    assert not [
+        v for v in s.contact(parse_iso_ms("2026-11-03T04:00:00Z"), "sms").violations if v["kind"] == "quiet_hours"
+    ]
+
+
+def test_late_contact_made_inside_quiet_hours_cleared_afterwards_is_a_violation():
+    s = Scenario()
+    s.preference(parse_iso_ms("2026-11-02T00:00:00Z"), quiet_hours={"start": "22:00", "end": "07:00"})
+    s.preference(parse_iso_ms("2026-11-03T05:00:00Z"), quiet_hours=None)
+    step = s.contact(parse_iso_ms("2026-11-02T23:00:00Z"), "email", sender="s")
+    assert [v["rule_id"] for v in step.violations] == ["customer.quiet_hours"]
+    assert s.contact(parse_iso_ms("2026-11-03T06:00:00Z"), "email").violations == [], "cleared from 05:00Z on"
+    assert s.state is not None and [entry[0] for entry in s.state.superseded_facts] == [0, 1, 2]
+    s.contact(parse_iso_ms("2026-11-04T05:00:00Z"), "sms")  # a day after the change: earlier contacts are late
+    assert s.state.superseded_facts == []
