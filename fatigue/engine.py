@@ -31,10 +31,10 @@ ALL_CHANNEL_INDEXES: Final = (EMAIL, SMS, CALL)
 _OPT_OUT_REASONS: Final = {"unsubscribe": "unsubscribe", "sms_stop": "sms_stop", "opt_out": "opt_out"}
 _NEGATIVE_REACTIONS: Final = frozenset({"short_hangups", "unread"})
 _MAX_EVIDENCE_TIMESTAMPS: Final = 10
-_MAX_LIFTED_OPT_OUTS: Final = 16  # opt-outs lifted within the late grace: a customer flipping more is trimmed
-_MAX_SUPERSEDED_SIGNALS: Final = 16  # earlier complaints and conversations kept for the late grace (hot-key bound)
+# lifted opt-outs, superseded complaints/conversations, superseded quiet hours/zones: each kept for the late grace,
+# at most this many of each kind per customer
+_MAX_KEPT_FOR_GRACE: Final = 16
 _CONVERSATION_SIGNAL: Final = 3  # the kind of a superseded conversation (0-2: a complaint on that channel)
-_MAX_SUPERSEDED_FACTS: Final = 16  # earlier quiet hours and time zones kept for the late grace (hot-key bound)
 _TIMEZONE_FACT: Final = 3  # the kind of a superseded time zone (0-2: quiet hours of that channel)
 _TRIM_PERIOD_MS: Final = 3_600_000
 
@@ -362,23 +362,13 @@ class Guard:
     def _remember_lifted_opt_out(self, state: CustomerState, channel: int, opt_out: list[Any], lifted_ms: int) -> None:
         """Keep an opt-out that an opt-in has just lifted while a contact made before the opt-in can still arrive
         (the late grace): that contact was made on a blocked channel (see _block_at)."""
-        lifted = state.lifted_opt_outs
-        lifted.append([channel, opt_out[0], lifted_ms, opt_out[2]])
-        _trim_due_by(state, lifted_ms + self._late_grace_ms)
-        if len(lifted) > _MAX_LIFTED_OPT_OUTS:
-            del lifted[0]
-            state.trimmed += 1
+        self._keep_for_late_grace(state, state.lifted_opt_outs, [channel, opt_out[0], lifted_ms, opt_out[2]], lifted_ms)
 
     def _remember_superseded(self, state: CustomerState, kind: int, at: int, superseded_at: int) -> None:
         """Keep a complaint or conversation that a later one of the same kind supersedes while a contact made
         before the later one can still arrive (the late grace): made during the earlier one's block, that contact
         is a violation (see _block_at). Decisions need only the latest."""
-        superseded = state.superseded_signals
-        superseded.append([kind, at, superseded_at])
-        _trim_due_by(state, superseded_at + self._late_grace_ms)
-        if len(superseded) > _MAX_SUPERSEDED_SIGNALS:
-            del superseded[0]
-            state.trimmed += 1
+        self._keep_for_late_grace(state, state.superseded_signals, [kind, at, superseded_at], superseded_at)
 
     def _keep_superseded_fact(
         self, state: CustomerState, kind: int, current: list[Any] | None, fact: list[Any]
@@ -389,11 +379,15 @@ class Guard:
         if current is None or fact[0] == current[0]:
             return
         older, newer_at = (current, fact[0]) if fact[0] > current[0] else (fact, current[0])
-        superseded = state.superseded_facts
-        superseded.append([kind, older, newer_at])
-        _trim_due_by(state, newer_at + self._late_grace_ms)
-        if len(superseded) > _MAX_SUPERSEDED_FACTS:
-            del superseded[0]
+        self._keep_for_late_grace(state, state.superseded_facts, [kind, older, newer_at], newer_at)
+
+    def _keep_for_late_grace(self, state: CustomerState, kept: list[Any], entry: list[Any], ended_at: int) -> None:
+        """Keep ``entry`` (its third item is ``ended_at``) until a contact made before ``ended_at`` would be late;
+        the trim drops it then. A customer changing things faster than that keeps the latest few (hot-key bound)."""
+        kept.append(entry)
+        _trim_due_by(state, ended_at + self._late_grace_ms)
+        if len(kept) > _MAX_KEPT_FOR_GRACE:
+            del kept[0]
             state.trimmed += 1
 
     def _remember_early_open(self, state: CustomerState, event: Event) -> None:
