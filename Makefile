@@ -35,8 +35,10 @@ help:
 venv: $(STAMP)
 
 # The core's hot modules are compiled (setup.py): an edited one must be rebuilt (until then `import fatigue` falls
-# back to the sources with a warning, see fatigue/_core.py), so any edit of fatigue/ reinstalls.
-$(STAMP): pyproject.toml setup.py $(wildcard fatigue/*.py)
+# back to the sources with a warning, see fatigue/_core.py), so any edit of fatigue/ reinstalls; so does any edit
+# of the native core (native/, Rust, built as fatigue._native).
+NATIVE_SOURCES := $(wildcard native/Cargo.toml native/Cargo.lock native/src/*.rs native/src/*/*.rs)
+$(STAMP): pyproject.toml setup.py $(wildcard fatigue/*.py) $(NATIVE_SOURCES)
 	@test -x $(BIN)/python || { \
 	  command -v $(PYTHON) >/dev/null || { echo "error: '$(PYTHON)' not found; fatigue-guard needs Python >= 3.11 (make venv PYTHON=...)" >&2; exit 1; }; \
 	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -45,7 +47,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard fatigue/*.py)
 	  $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "error: $(VENV) uses $$($(BIN)/python -V 2>&1); delete it and run make venv with PYTHON=python3.11+" >&2; exit 1; }
-	@echo "installing fatigue-guard (editable) and compiling the core with mypyc (about a minute)"
+	@echo "installing fatigue-guard (editable), compiling the core with mypyc and the native core with cargo (a minute or two)"
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 

@@ -1,8 +1,14 @@
-"""Builds the decision core's hot modules to C with mypyc; everything else is declared in pyproject.toml.
+"""Builds the compiled parts of the core; everything else is declared in pyproject.toml.
 
-The compiled modules are the same source as the pure-Python ones (the tests check that both give byte-identical
-outputs), about twice as fast. ``FATIGUE_PURE_PYTHON=1`` at install time builds nothing, e.g. where no C compiler
-is available; at run time it makes ``import fatigue`` load the sources even when compiled modules are present.
+- The decision core's hot modules are compiled to C with mypyc. The compiled modules are the same source as the
+  pure-Python ones (the tests check that both give byte-identical outputs), about twice as fast.
+- The native core, the Rust crate in native/, is built (release) with setuptools-rust as ``fatigue._native``; its
+  results must equal the Python core's too. It needs cargo; an unpacked tree without native/ (the Docker build
+  context) builds without it.
+
+``FATIGUE_PURE_PYTHON=1`` at install time builds neither, e.g. where no compiler is available; at run time it makes
+``import fatigue`` load the sources even when compiled modules are present. ``FATIGUE_NO_NATIVE=1`` at install
+time skips only the Rust build.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from pathlib import Path
 
 from setuptools import setup
 
-PACKAGE = Path(__file__).resolve().parent / "fatigue"
+ROOT = Path(__file__).resolve().parent
+PACKAGE = ROOT / "fatigue"
+# run from its file, not imported: importing the package needs its dependencies, not installed yet
+_NATIVE = runpy.run_path(str(PACKAGE / "_native_build.py"))
+NATIVE_DIGESTS = PACKAGE / _NATIVE["DIGEST_FILE"]
 
 
 def compiled_modules() -> tuple[str, ...]:
@@ -35,4 +45,38 @@ def compiled_extensions() -> list:  # type: ignore[type-arg]
     return mypycify([f"fatigue/{name}.py" for name in modules], opt_level="3", group_name="fatigue_core")
 
 
-setup(ext_modules=compiled_extensions())
+def native_extensions() -> list:  # type: ignore[type-arg]
+    if os.environ.get("FATIGUE_PURE_PYTHON") == "1" or os.environ.get(_NATIVE["NO_NATIVE_ENV"]) == "1":
+        return []
+    manifest = ROOT / _NATIVE["NATIVE_DIR"] / "Cargo.toml"
+    if not manifest.is_file():
+        return []  # e.g. the Docker image's build context, which has only the Python package
+    from setuptools_rust import Binding, RustExtension
+
+    write_native_digest()  # now, so that a wheel's package data has it; again after the build (see below)
+    return [
+        RustExtension(
+            "fatigue._native",
+            path=str(manifest.relative_to(ROOT)),
+            binding=Binding.PyO3,
+            debug=False,  # release, also for `pip install -e` (setuptools-rust would make that a debug build)
+        )
+    ]
+
+
+def write_native_digest() -> None:
+    digest = _NATIVE["native_source_digest"](ROOT)
+    NATIVE_DIGESTS.write_text(json.dumps({"digest": digest}, indent=1) + "\n")
+
+
+native = native_extensions()
+try:
+    # rust_extensions only when there are some: without them setup.py also runs where setuptools-rust is missing
+    setup(ext_modules=compiled_extensions(), **({"rust_extensions": native} if native else {}))
+except BaseException:
+    # a failed build must not leave a record claiming that the current sources were built
+    if native:
+        NATIVE_DIGESTS.unlink(missing_ok=True)
+    raise
+if native:
+    write_native_digest()  # cargo may have updated Cargo.lock while building
