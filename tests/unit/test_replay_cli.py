@@ -150,3 +150,42 @@ def test_replay_is_deterministic_from_file_and_stdin(generated_file, tmp_path):
     assert rejects == (tmp_path / "r2.jsonl").read_bytes() == (tmp_path / "r3.jsonl").read_bytes()
     assert {r["reason"] for r in json_lines(rejects)} >= {"bad_json", "duplicate", "unknown_channel", "too_large"}
     assert b"events 20000 " in first.stderr
+
+
+@pytest.mark.parametrize("policy", ["default", "tcpa", "reg-f"])
+def test_native_engine_writes_the_same_files_as_the_python_engine(tmp_path, policy):
+    # the whole command, files included: decisions, rejects (with line numbers), violations and the summary
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(generate_events(6_000, 60, seed=11)) + b"\n")
+    outputs = {}
+    for engine in ("python", "native"):
+        out = tmp_path / engine
+        out.mkdir()
+        result = run_replay(
+            "--policy",
+            str(REPO / "config" / "policies" / f"{policy}.toml"),
+            "--engine",
+            engine,
+            "-o",
+            str(out / "decisions.jsonl"),
+            "--rejects",
+            str(out / "rejects.jsonl"),
+            "--violations",
+            str(out / "violations.jsonl"),
+            "--summary",
+            str(events),
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[engine] = [
+            (out / name).read_bytes() for name in ("decisions.jsonl", "rejects.jsonl", "violations.jsonl")
+        ]
+        outputs[engine].append(result.stderr)
+    assert outputs["python"][0].count(b"\n") > 100  # a stream with decisions, violations and rejects to compare
+    assert outputs["python"][1] and outputs["python"][2]
+    assert outputs["native"] == outputs["python"]
+
+
+def test_native_engine_refuses_partitions(timeline_file):
+    result = run_replay("--engine", "native", "--partitions", "6", str(timeline_file))
+    assert result.returncode == 2
+    assert b"--partitions" in result.stderr
