@@ -2,11 +2,11 @@
 
 ``NativeReplay`` gives what :class:`fatigue.replay.Replay` (without partitions) gives, byte for byte: the same
 decisions, violations, rejections, states and stats (tests/unit/test_native_parity.py runs both in lock step). The
-Rust engine decides the events that make up nearly all of a stream (contact, call_ended, email_opened), from its
-own fast parser. Everything else goes through the Python core by the bridge below: lines the fast parser leaves
-alone are parsed by :func:`fatigue.events.parse_event` (so every rejection is Python's own), and the other event
-types (preferences, opt-outs, complaints, erasure) are applied by :class:`fatigue.engine.Guard` to the customer's
-state serialised exactly as :class:`CustomerState` serialises it, and read back. Quiet hours are placed in the
+Rust engine decides every event type but erasure, the common ones (contact, call_ended, email_opened) parsed by its
+own fast parser. The rest goes through the Python core by the bridge below: lines the fast parser leaves alone are
+parsed by :func:`fatigue.events.parse_event` (so every rejection is Python's own), and an erasure is applied by
+:class:`fatigue.engine.Guard` to the customer's state serialised exactly as :class:`CustomerState` serialises it,
+and read back. Quiet hours are placed in the
 customer's time zone by Python's zoneinfo, so both cores read the same zone data.
 
 The Python engine stays the oracle and the only engine of the worker; the native one is for replay and backtests.
@@ -32,7 +32,10 @@ from fatigue.state import CustomerState
 from fatigue.timeutil import format_duration
 
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
-_NATIVE_TYPES: Final = frozenset({"contact", "call_ended", "email_opened"})
+# what the native engine decides (the rest, erasure, is applied by the Python Guard on the serialised state)
+_NATIVE_TYPES: Final = frozenset(
+    {"contact", "call_ended", "email_opened", "unsubscribe", "complaint", "sms_stop", "preference"}
+)
 
 
 def _load() -> tuple[ModuleType | None, str | None]:
@@ -114,6 +117,11 @@ def policy_json(policy: Policy) -> bytes:
     return orjson.dumps(data)
 
 
+def _prefs_tuple(prefs: dict[str, Any]) -> tuple[tuple[bool, Any], ...]:
+    """A preference's fields as (present, value) pairs: a field present as null clears, an absent one keeps."""
+    return tuple((name in prefs, prefs.get(name)) for name in ("opt_out", "max_contacts", "quiet_hours", "timezone"))
+
+
 class _Bridge:
     """What the Rust replay asks of the Python core (see the module docstring)."""
 
@@ -141,6 +149,7 @@ class _Bridge:
                 parsed.duration_s,
                 parsed.answered,
                 parsed.machine,
+                None if parsed.prefs is None else _prefs_tuple(parsed.prefs),
             )
         return (2, parsed.customer_id, parsed)
 

@@ -1,4 +1,4 @@
-//! fatigue/engine.py's Guard for the events the native core decides itself (contact, call_ended, email_opened)
+//! fatigue/engine.py's Guard for every event type but erasure (which the driver leaves to the Python core)
 //! and for time passing (unread deadlines). Every function mirrors the Python function of the same name; the
 //! comments there explain the rules, the ones here only what is particular to the port.
 
@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use crate::events::{Event, EventType, CATEGORIES, CHANNELS};
 use crate::json::{push_i64, push_key, push_opt_str, push_str};
 use crate::policy::Policy;
-use crate::state::{Decision, Emitted, Fact, Pending, Settled, State, UnreadBlock, SCOPE_ALL};
+use crate::state::{
+    Decision, Emitted, Fact, Lifted, OptOut, Pair, Pending, Settled, State, UnreadBlock, Zone, SCOPE_ALL,
+};
 use crate::timeutil::{format_duration, push_ms};
 
 pub const EMAIL: usize = 0;
@@ -93,6 +95,40 @@ fn trim_due_by(state: &mut State, at: i64) {
     if at < state.trim_due_ms {
         state.trim_due_ms = at;
     }
+}
+
+/// _set_fact for an opt-out: the latest by event time wins (ties: the later arrival); true when it changed.
+fn set_opt_out(slot: &mut Option<OptOut>, fact: OptOut) -> bool {
+    if let Some(current) = slot {
+        if fact.at < current.at {
+            return false;
+        }
+        if current.opted_out == fact.opted_out && current.source == fact.source {
+            if fact.at > current.at {
+                *current = fact;
+            }
+            return false;
+        }
+    }
+    *slot = Some(fact);
+    true
+}
+
+/// _set_fact for a customer cap or quiet hours.
+fn set_pair(slot: &mut Option<Pair>, fact: Pair) -> bool {
+    if let Some(current) = slot {
+        if fact.at < current.at {
+            return false;
+        }
+        if current.first == fact.first && current.second == fact.second {
+            if fact.at > current.at {
+                *current = fact;
+            }
+            return false;
+        }
+    }
+    *slot = Some(fact);
+    true
 }
 
 fn opt_out_reason(source: &str) -> &'static str {
@@ -246,6 +282,10 @@ impl Engine {
             EventType::Contact => self.on_contact(state, event, &mut step, clock),
             EventType::CallEnded => self.on_call_ended(state, event, &mut step),
             EventType::EmailOpened => self.on_email_opened(state, event, &mut step),
+            EventType::Unsubscribe => self.on_opt_out(state, event, event.channel, "unsubscribe", &mut step),
+            EventType::SmsStop => self.on_opt_out(state, event, SMS, "sms_stop", &mut step),
+            EventType::Complaint => self.on_complaint(state, event, &mut step),
+            EventType::Preference => self.on_preference(state, event, &mut step),
         }
         Ok((created, step))
     }
@@ -378,6 +418,115 @@ impl Engine {
             let entry = state.pending.pop_front().expect("not empty");
             state.streak = 0;
             self.remember_settled(state, entry.deadline, entry.contact_event_id);
+        }
+    }
+
+    /// _on_unsubscribe and _on_sms_stop
+    fn on_opt_out(&self, state: &mut State, event: &Event, channel: usize, source: &str, step: &mut Step) {
+        let fact = OptOut { at: event.ts_ms, opted_out: true, source: source.to_owned() };
+        if set_opt_out(&mut state.opt_outs[channel], fact) {
+            self.evaluate_event(state, &[channel], event, step);
+        }
+    }
+
+    fn on_complaint(&self, state: &mut State, event: &Event, step: &mut Step) {
+        if self.policy.complaint.is_none() {
+            return;
+        }
+        let channel = event.channel;
+        let ts = event.ts_ms;
+        match state.complaints[channel] {
+            Some(previous) if ts < previous => {
+                self.remember_superseded(state, channel as i64, ts, previous);
+            }
+            Some(previous) if ts == previous => {}
+            previous => {
+                if let Some(previous) = previous {
+                    self.remember_superseded(state, channel as i64, previous, ts);
+                }
+                state.complaints[channel] = Some(ts);
+                trim_due_by(state, ts + self.policy.complaint_retention_ms);
+                self.evaluate_event(state, &ALL_CHANNELS, event, step);
+            }
+        }
+    }
+
+    fn on_preference(&self, state: &mut State, event: &Event, step: &mut Step) {
+        let Some(prefs) = &event.prefs else { return };
+        let ts = event.ts_ms;
+        let scope: &[usize] = match &prefs.channel {
+            None => &ALL_CHANNELS,
+            Some(channel) => std::slice::from_ref(channel),
+        };
+        let mut affected = [false; 3];
+        if let Some(opted_out) = prefs.opt_out {
+            for &channel in scope {
+                let previous = state.opt_outs[channel].clone();
+                let fact = OptOut { at: ts, opted_out, source: "opt_out".to_owned() };
+                if set_opt_out(&mut state.opt_outs[channel], fact) {
+                    affected[channel] = true;
+                    if let Some(previous) = previous.filter(|previous| previous.opted_out && !opted_out) {
+                        state.lifted_opt_outs.push(Lifted {
+                            channel: channel as i64,
+                            since: previous.at,
+                            lifted_at: ts,
+                            source: previous.source,
+                        });
+                        self.kept_for_late_grace(state, ts);
+                        if state.lifted_opt_outs.len() > MAX_KEPT_FOR_GRACE {
+                            state.lifted_opt_outs.remove(0);
+                            state.trimmed += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(cap) = prefs.max_contacts {
+            let fact = Pair { at: ts, first: cap.map(|cap| cap.0), second: cap.map(|cap| cap.1) };
+            let cap_scope = prefs.channel.unwrap_or(SCOPE_ALL);
+            if set_pair(&mut state.customer_caps[cap_scope], fact) {
+                state.trim_due_ms = 0; // a customer's cap window sets how long contacts are kept
+                for &channel in scope {
+                    affected[channel] = true;
+                }
+            }
+        }
+        if let Some(hours) = prefs.quiet_hours {
+            for &channel in scope {
+                let fact = Pair { at: ts, first: hours.map(|hours| hours.0), second: hours.map(|hours| hours.1) };
+                let current = state.quiet[channel].clone().map(Fact::Quiet);
+                self.keep_superseded_fact(state, channel as i64, current, Fact::Quiet(fact.clone()));
+                set_pair(&mut state.quiet[channel], fact);
+            }
+        }
+        if let Some(zone) = &prefs.timezone {
+            let fact = Zone { at: ts, name: zone.clone() };
+            let current = state.timezone.clone().map(Fact::Zone);
+            self.keep_superseded_fact(state, TIMEZONE_FACT, current, Fact::Zone(fact.clone()));
+            if state.timezone.as_ref().is_none_or(|known| ts >= known.at) {
+                state.timezone = Some(fact);
+            }
+        }
+        if affected.iter().any(|&changed| changed) {
+            let lift_reason = if prefs.opt_out == Some(false) { "opt_in" } else { "customer_cap_changed" };
+            let now = state.watermark_ms.expect("set by process");
+            let channels: Vec<usize> = ALL_CHANNELS.into_iter().filter(|&channel| affected[channel]).collect();
+            self.evaluate(state, &channels, now, &event.event_id, ts, &mut step.decisions, lift_reason, None);
+        }
+    }
+
+    /// _keep_superseded_fact: the earlier of `current` and `fact` is kept for the late grace after the later one.
+    fn keep_superseded_fact(&self, state: &mut State, kind: i64, current: Option<Fact>, fact: Fact) {
+        let Some(current) = current else { return };
+        if fact.at() == current.at() {
+            return;
+        }
+        let (older, newer_at) = if fact.at() > current.at() { (current, fact.at()) } else { (fact, current.at()) };
+        state.superseded_facts.push((kind, older, newer_at));
+        self.kept_for_late_grace(state, newer_at);
+        if state.superseded_facts.len() > MAX_KEPT_FOR_GRACE {
+            state.superseded_facts.remove(0);
+            state.trimmed += 1;
         }
     }
 
@@ -516,7 +665,7 @@ impl Engine {
                         reason: allow.reason.clone(),
                         channel,
                     });
-                    state.emitted[channel] = Some(Emitted { since: cause_ms, decision: allow });
+                    state.emitted[channel] = Some(Box::new(Emitted { since: cause_ms, decision: allow }));
                     trim_due_by(state, cause_ms + late_grace_ms + 1);
                 } else if let Some(record) = &state.emitted[channel] {
                     if record.decision.block
@@ -601,7 +750,7 @@ impl Engine {
                 reason: decision.reason.clone(),
                 channel,
             });
-            state.emitted[channel] = Some(Emitted { since, decision });
+            state.emitted[channel] = Some(Box::new(Emitted { since, decision }));
         }
     }
 

@@ -39,6 +39,11 @@ pub enum EventType {
     Contact,
     CallEnded,
     EmailOpened,
+    // parsed by Python only (fatigue.events.parse_event), decided here
+    Unsubscribe,
+    Complaint,
+    SmsStop,
+    Preference,
 }
 
 impl EventType {
@@ -47,6 +52,10 @@ impl EventType {
             EventType::Contact => "contact",
             EventType::CallEnded => "call_ended",
             EventType::EmailOpened => "email_opened",
+            EventType::Unsubscribe => "unsubscribe",
+            EventType::Complaint => "complaint",
+            EventType::SmsStop => "sms_stop",
+            EventType::Preference => "preference",
         }
     }
 }
@@ -69,6 +78,21 @@ pub struct Event {
     pub duration_s: f64,
     pub answered: bool,
     pub machine: bool,
+    /// preference events: the fields present (see Prefs)
+    pub prefs: Option<Prefs>,
+}
+
+/// A preference event's fields, each Some when present in the event (the inner Option: null, which clears it).
+#[derive(Clone, Debug, Default)]
+pub struct Prefs {
+    /// None: all channels (the event has no channel)
+    pub channel: Option<usize>,
+    pub opt_out: Option<bool>,
+    /// (count, window_ms)
+    pub max_contacts: Option<Option<(i64, i64)>>,
+    /// (start minute, end minute)
+    pub quiet_hours: Option<Option<(i64, i64)>>,
+    pub timezone: Option<Option<String>>,
 }
 
 /// One decoded JSON value, as far as the contract cares: its Python type and, for the scalars, its value.
@@ -615,6 +639,7 @@ fn validate(body: Body<'_>, key: Option<&[u8]>, check_key: bool) -> Option<Event
         duration_s: 0.0,
         answered: true,
         machine: false,
+        prefs: None,
     };
     match kind {
         EventType::Contact => {
@@ -645,6 +670,7 @@ fn validate(body: Body<'_>, key: Option<&[u8]>, check_key: bool) -> Option<Event
             event.reference = Some(id_of(reference)?);
             event.machine = flag_of(&machine, false)?;
         }
+        EventType::Unsubscribe | EventType::Complaint | EventType::SmsStop | EventType::Preference => return None,
     }
     Some(event)
 }

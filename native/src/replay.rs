@@ -1,7 +1,6 @@
-//! fatigue/replay.py's Replay (without partitions) driving the native engine. Events the native core does not
-//! decide itself (other types, anything its fast parser leaves alone) go through the Python core by a bridge
-//! object (fatigue/native.py): parsed by Python's parse_event, and applied by Python's Guard to the customer's
-//! state serialised exactly as the Python core serialises it, which is then read back.
+//! fatigue/replay.py's Replay (without partitions) driving the native engine. Lines its fast parser leaves alone
+//! are parsed by Python's parse_event through a bridge object (fatigue/native.py); an erasure is applied by
+//! Python's Guard to the customer's state serialised exactly as the Python core serialises it, read back after.
 
 use indexmap::IndexMap;
 use pyo3::exceptions::PyValueError;
@@ -9,11 +8,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::engine::{Engine, LocalTime};
-use crate::events::{parse_fast, Event, EventType, CATEGORIES, CHANNELS};
+use crate::events::{parse_fast, Event, EventType, Prefs, CATEGORIES, CHANNELS};
 use crate::policy::Policy;
 use crate::state::State;
 
 type RejectionTuple = (String, String, Option<String>, Option<String>);
+/// fatigue.native._prefs_tuple: (present, value) for opt_out, max_contacts, quiet_hours, timezone
+type Present<T> = (bool, Option<T>);
+type PrefsTuple = (Present<bool>, Present<(i64, i64)>, Present<(i64, i64)>, Present<String>);
 
 #[derive(Default)]
 pub struct Outcome {
@@ -46,9 +48,19 @@ pub struct NativeReplay {
     events: u64,
     accepted: u64,
     rejections: IndexMap<String, u64>,
-    decisions: IndexMap<(bool, String, usize), u64>,
+    /// decisions counted by reason, then [allow, block] x channel (looked up without allocating a key)
+    decisions: IndexMap<String, [[u64; 3]; 2]>,
     violations: IndexMap<(&'static str, usize), u64>,
     newest_ms: Option<i64>,
+}
+
+/// A preference field as (present, value): Some(value) when present (value None: null, which clears).
+fn present<T>((given, value): (bool, Option<T>)) -> Option<Option<T>> {
+    if given {
+        Some(value)
+    } else {
+        None
+    }
 }
 
 fn channel_index(name: &str) -> PyResult<usize> {
@@ -57,7 +69,11 @@ fn channel_index(name: &str) -> PyResult<usize> {
 
 impl NativeReplay {
     fn count_decision(&mut self, block: bool, reason: &str, channel: usize) {
-        *self.decisions.entry((block, reason.to_owned(), channel)).or_insert(0) += 1;
+        let counts = match self.decisions.get_mut(reason) {
+            Some(counts) => counts,
+            None => self.decisions.entry(reason.to_owned()).or_insert([[0; 3]; 2]),
+        };
+        counts[usize::from(block)][channel] += 1;
     }
 
     fn feed_one(&mut self, py: Python<'_>, raw: &[u8], key: Option<&[u8]>) -> PyResult<Outcome> {
@@ -83,18 +99,37 @@ impl NativeReplay {
             }
             1 => {
                 let type_name: String = parsed.get_item(1)?.extract()?;
-                let channel: String = parsed.get_item(5)?.extract()?;
+                let channel: Option<String> = parsed.get_item(5)?.extract()?;
                 let category: String = parsed.get_item(6)?.extract()?;
+                let kind = match type_name.as_str() {
+                    "contact" => EventType::Contact,
+                    "call_ended" => EventType::CallEnded,
+                    "email_opened" => EventType::EmailOpened,
+                    "unsubscribe" => EventType::Unsubscribe,
+                    "complaint" => EventType::Complaint,
+                    "sms_stop" => EventType::SmsStop,
+                    "preference" => EventType::Preference,
+                    other => return Err(PyValueError::new_err(format!("event type {other}"))),
+                };
+                let channel = channel.as_deref().map(channel_index).transpose()?;
+                let prefs = if kind == EventType::Preference {
+                    let (opt_out, max_contacts, quiet_hours, timezone): PrefsTuple = parsed.get_item(13)?.extract()?;
+                    Some(Prefs {
+                        channel,
+                        opt_out: present(opt_out).flatten(),
+                        max_contacts: present(max_contacts),
+                        quiet_hours: present(quiet_hours),
+                        timezone: present(timezone),
+                    })
+                } else {
+                    None
+                };
                 let event = Event {
-                    kind: match type_name.as_str() {
-                        "contact" => EventType::Contact,
-                        "call_ended" => EventType::CallEnded,
-                        _ => EventType::EmailOpened,
-                    },
+                    kind,
                     event_id: parsed.get_item(2)?.extract()?,
                     customer_id: parsed.get_item(3)?.extract()?,
                     ts_ms: parsed.get_item(4)?.extract()?,
-                    channel: channel_index(&channel)?,
+                    channel: channel.unwrap_or(0),
                     category: CATEGORIES
                         .iter()
                         .position(|known| *known == category)
@@ -105,6 +140,7 @@ impl NativeReplay {
                     duration_s: parsed.get_item(10)?.extract()?,
                     answered: parsed.get_item(11)?.extract()?,
                     machine: parsed.get_item(12)?.extract()?,
+                    prefs,
                 };
                 Ok(self.apply(py, &event))
             }
@@ -304,8 +340,13 @@ impl NativeReplay {
             self.rejections.iter().map(|(reason, count)| (reason.clone(), *count)).collect(),
             self.decisions
                 .iter()
-                .map(|((block, reason, channel), count)| {
-                    ((if *block { "block" } else { "allow" }, reason.clone(), CHANNELS[*channel]), *count)
+                .flat_map(|(reason, counts)| {
+                    (0..2).flat_map(move |block| {
+                        (0..3).filter(move |&channel| counts[block][channel] > 0).map(move |channel| {
+                            let action = if block == 1 { "block" } else { "allow" };
+                            ((action, reason.clone(), CHANNELS[channel]), counts[block][channel])
+                        })
+                    })
                 })
                 .collect(),
             self.violations.iter().map(|((kind, channel), count)| ((*kind, CHANNELS[*channel]), *count)).collect(),

@@ -209,13 +209,17 @@ impl Decision {
 }
 
 /// The event ids remembered for de-duplication, in arrival order (CustomerState.ids, a dict there). Ids leave
-/// from the front (the bound, the late grace), which an IndexMap makes O(n); here a queue plus a count of the
-/// kept ids per hash: a hash not counted is an id not seen, the common case, without comparing any string.
+/// from the front (the bound, the late grace), which an IndexMap makes O(n); here a queue, plus, once a customer
+/// has many, a count of the kept ids per hash: a hash not counted is an id not seen, without comparing strings.
+/// Most customers have a few ids, which a scan checks faster than any hashing.
 #[derive(Clone, Debug, Default)]
 pub struct EventIds {
     order: VecDeque<(String, i64)>,
-    hashes: HashMap<u64, u32, BuildHasherDefault<HashIsKey>>,
+    hashes: Option<HashMap<u64, u32, BuildHasherDefault<HashIsKey>>>,
 }
+
+/// Up to this many ids, `contains` scans them; beyond, it looks the hash up first.
+const SCANNED_IDS: usize = 24;
 
 /// The keys of `EventIds::hashes` are hashes already: hashing them again would only cost time.
 #[derive(Default)]
@@ -245,12 +249,27 @@ fn id_hash(id: &str) -> u64 {
 
 impl EventIds {
     pub fn contains(&self, id: &str) -> bool {
-        self.hashes.contains_key(&id_hash(id)) && self.order.iter().any(|(known, _)| known == id)
+        if let Some(hashes) = &self.hashes {
+            if !hashes.contains_key(&id_hash(id)) {
+                return false;
+            }
+        }
+        self.order.iter().any(|(known, _)| known == id)
     }
 
     /// Remembers an id not remembered yet (the caller checked).
     pub fn push(&mut self, id: String, seen_at: i64) {
-        *self.hashes.entry(id_hash(&id)).or_insert(0) += 1;
+        match &mut self.hashes {
+            Some(hashes) => *hashes.entry(id_hash(&id)).or_insert(0) += 1,
+            None if self.order.len() >= SCANNED_IDS => {
+                let mut hashes = HashMap::default();
+                for (known, _) in self.order.iter().chain(std::iter::once(&(id.clone(), seen_at))) {
+                    *hashes.entry(id_hash(known)).or_insert(0) += 1;
+                }
+                self.hashes = Some(hashes);
+            }
+            None => {}
+        }
         self.order.push_back((id, seen_at));
     }
 
@@ -264,11 +283,13 @@ impl EventIds {
 
     pub fn pop_oldest(&mut self) {
         if let Some((id, _)) = self.order.pop_front() {
-            let hash = id_hash(&id);
-            if let Some(count) = self.hashes.get_mut(&hash) {
-                *count -= 1;
-                if *count == 0 {
-                    self.hashes.remove(&hash);
+            if let Some(hashes) = &mut self.hashes {
+                let hash = id_hash(&id);
+                if let Some(count) = hashes.get_mut(&hash) {
+                    *count -= 1;
+                    if *count == 0 {
+                        hashes.remove(&hash);
+                    }
                 }
             }
         }
@@ -314,7 +335,8 @@ pub struct State {
     pub unread_block: Option<UnreadBlock>,
     pub settled: VecDeque<Settled>,
     pub unread_prior: Option<UnreadBlock>,
-    pub emitted: [Option<Emitted>; 3],
+    /// boxed: a decision is large and most customers have none (the state stays compact in memory)
+    pub emitted: [Option<Box<Emitted>>; 3],
     pub trimmed: i64,
     /// not serialised: before this instant the time-based trim has nothing to drop (0: unknown)
     pub trim_due_ms: i64,
@@ -804,8 +826,10 @@ impl State {
                 let record = item(items, channel)?;
                 if !record.is_null() {
                     let parts = as_array(record)?;
-                    state.emitted[channel] =
-                        Some(Emitted { since: as_i64(item(parts, 0)?)?, decision: Decision::unpack(item(parts, 1)?)? });
+                    state.emitted[channel] = Some(Box::new(Emitted {
+                        since: as_i64(item(parts, 0)?)?,
+                        decision: Decision::unpack(item(parts, 1)?)?,
+                    }));
                 }
             }
         }
