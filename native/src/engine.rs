@@ -54,15 +54,56 @@ pub struct Step {
     pub violations: Vec<EmittedViolation>,
 }
 
-enum Data {
-    Window { count: usize, limit: usize, window_text: String, start: i64, newest: Vec<i64> },
-    CustomerWindow { count: usize, limit: usize, window_text: String, start: i64, newest: Vec<i64>, set_at: i64 },
-    Preference { set_at: i64 },
-    OptOut { at: i64, source: String },
-    Complaint { at: i64, channel: usize },
-    Unread { since: i64, streak: i64, cause_event_id: String },
-    Hangups { window: Vec<i64>, window_text: String },
-    Conversation { at: i64 },
+/// The contacts a window's evidence lists: most evaluations emit nothing (the block in force is unchanged), so
+/// a channel's are read from its log only when the evidence is rendered (the log does not change in between).
+enum Newest {
+    /// the newest min(limit, 10) of that channel's log
+    Log(usize),
+    /// already the ones to list (all channels together)
+    Listed(Vec<i64>),
+}
+
+enum Data<'p> {
+    Window {
+        count: usize,
+        limit: usize,
+        window_text: Cow<'p, str>,
+        start: i64,
+        newest: Newest,
+    },
+    CustomerWindow {
+        count: usize,
+        limit: usize,
+        window_text: String,
+        start: i64,
+        newest: Newest,
+        set_at: i64,
+    },
+    Preference {
+        set_at: i64,
+    },
+    OptOut {
+        at: i64,
+        source: String,
+    },
+    Complaint {
+        at: i64,
+        channel: usize,
+    },
+    Unread {
+        since: i64,
+        streak: i64,
+        cause_event_id: String,
+    },
+    /// state.hangups[first..=last]
+    Hangups {
+        first: usize,
+        last: usize,
+        window_text: &'p str,
+    },
+    Conversation {
+        at: i64,
+    },
 }
 
 struct Candidate<'p> {
@@ -71,7 +112,7 @@ struct Candidate<'p> {
     reason: &'static str,
     rule_id: Cow<'p, str>,
     text: Cow<'p, str>,
-    data: Data,
+    data: Data<'p>,
 }
 
 fn sort_key(until: Option<i64>, order: i128) -> i128 {
@@ -706,12 +747,12 @@ impl Engine {
                     evidence.push(',');
                 }
                 if index < own.len() {
-                    render(&own[index], &mut evidence);
+                    render(&own[index], state, &mut evidence);
                 } else {
                     let slot = &mut shared_rendered[index - own.len()];
                     if slot.is_none() {
                         let mut text = String::new();
-                        render(&shared[index - own.len()], &mut text);
+                        render(&shared[index - own.len()], state, &mut text);
                         *slot = Some(text);
                     }
                     evidence.push_str(slot.as_deref().unwrap_or(""));
@@ -847,9 +888,9 @@ impl Engine {
                 data: Data::Window {
                     count,
                     limit: rule.limit,
-                    window_text: rule.window_text.clone(),
+                    window_text: Cow::Borrowed(&rule.window_text),
                     start,
-                    newest: last_n(log, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS)),
+                    newest: Newest::Log(channel),
                 },
             });
         }
@@ -870,9 +911,9 @@ impl Engine {
                     data: Data::Window {
                         count,
                         limit: rule.limit,
-                        window_text: rule.window_text.clone(),
+                        window_text: Cow::Borrowed(&rule.window_text),
                         start: now - rule.window_ms,
-                        newest: last_n(&newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS)),
+                        newest: Newest::Listed(last_n(&newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS))),
                     },
                 });
             }
@@ -905,10 +946,7 @@ impl Engine {
                         reason: "short_hangups",
                         rule_id: Cow::Borrowed(&rule.rule_id),
                         text: Cow::Borrowed(&rule.text),
-                        data: Data::Hangups {
-                            window: hangups[first..=index].to_vec(),
-                            window_text: rule.window_text.clone(),
-                        },
+                        data: Data::Hangups { first, last: index, window_text: &rule.window_text },
                     });
                     break;
                 }
@@ -953,8 +991,10 @@ impl Engine {
             });
         }
         let limit = usize::try_from(limit).ok()?;
-        let (count, newest) = if scope == SCOPE_ALL {
-            merged_window(&state.logs, now, window_ms, limit)?
+        let (count, until, newest) = if scope == SCOPE_ALL {
+            let (count, newest) = merged_window(&state.logs, now, window_ms, limit)?;
+            let until = newest[0] + window_ms;
+            (count, until, Newest::Listed(last_n(&newest, limit.min(MAX_EVIDENCE_TIMESTAMPS))))
         } else {
             let log = &state.logs[scope];
             if log.len() < limit {
@@ -964,23 +1004,15 @@ impl Engine {
             if count < limit {
                 return None;
             }
-            (count, last_n(log, limit))
+            (count, log[log.len() - limit] + window_ms, Newest::Log(scope))
         };
-        let until = newest[newest.len() - limit] + window_ms;
         Some(Candidate {
             key: sort_key(Some(until), 2),
             until: Some(until),
             reason: "customer_cap",
             rule_id: Cow::Owned(rule_id),
             text: Cow::Owned(text),
-            data: Data::CustomerWindow {
-                count,
-                limit,
-                window_text,
-                start: now - window_ms,
-                newest: last_n(&newest, limit.min(MAX_EVIDENCE_TIMESTAMPS)),
-                set_at,
-            },
+            data: Data::CustomerWindow { count, limit, window_text, start: now - window_ms, newest, set_at },
         })
     }
 
@@ -1411,7 +1443,7 @@ impl Engine {
 
 // ---------------------------------------------------------------- evidence (fatigue.engine._render_*)
 
-fn render(candidate: &Candidate<'_>, out: &mut String) {
+fn render(candidate: &Candidate<'_>, state: &State, out: &mut String) {
     out.push('{');
     push_key(out, "rule_id", true);
     push_str(out, &candidate.rule_id);
@@ -1423,12 +1455,12 @@ fn render(candidate: &Candidate<'_>, out: &mut String) {
     push_opt_ms_str(out, candidate.until);
     match &candidate.data {
         Data::Window { count, limit, window_text, start, newest } => {
-            push_window(out, *count, *limit, window_text, *start, newest);
+            push_window(out, *count, *limit, window_text, *start, listed(newest, *limit, state));
         }
         Data::CustomerWindow { count, limit, window_text, start, newest, set_at } => {
             push_key(out, "preference_at", false);
             push_ms_str(out, *set_at);
-            push_window(out, *count, *limit, window_text, *start, newest);
+            push_window(out, *count, *limit, window_text, *start, listed(newest, *limit, state));
         }
         Data::Preference { set_at } => {
             push_key(out, "preference_at", false);
@@ -1454,7 +1486,8 @@ fn render(candidate: &Candidate<'_>, out: &mut String) {
             push_key(out, "email_event_id", false);
             push_str(out, cause_event_id);
         }
-        Data::Hangups { window, window_text } => {
+        Data::Hangups { first, last, window_text } => {
+            let window = &state.hangups[*first..=*last];
             push_key(out, "count", false);
             push_i64(out, window.len() as i64);
             push_key(out, "window", false);
@@ -1468,6 +1501,16 @@ fn render(candidate: &Candidate<'_>, out: &mut String) {
         }
     }
     out.push('}');
+}
+
+fn listed<'a>(newest: &'a Newest, limit: usize, state: &'a State) -> &'a [i64] {
+    match newest {
+        Newest::Log(channel) => {
+            let log = &state.logs[*channel];
+            &log[log.len().saturating_sub(limit.min(MAX_EVIDENCE_TIMESTAMPS))..]
+        }
+        Newest::Listed(values) => values,
+    }
 }
 
 fn push_window(out: &mut String, count: usize, limit: usize, window_text: &str, start: i64, newest: &[i64]) {
