@@ -128,8 +128,9 @@ fn insort(values: &mut Vec<i64>, x: i64) {
     values.insert(at, x);
 }
 
-fn last_n(values: &[i64], n: usize) -> Vec<i64> {
-    values[values.len().saturating_sub(n)..].to_vec()
+fn keep_last(mut values: Vec<i64>, n: usize) -> Vec<i64> {
+    values.drain(..values.len().saturating_sub(n));
+    values
 }
 
 fn trim_due_by(state: &mut State, at: i64) {
@@ -229,7 +230,7 @@ fn merged_window(logs: &[Vec<i64>; 3], now: i64, window_ms: i64, limit: usize) -
         newest.extend_from_slice(&log[from..]);
     }
     newest.sort_unstable();
-    let newest = newest[newest.len() - limit..].to_vec();
+    newest.drain(..newest.len() - limit);
     Some((count, newest))
 }
 
@@ -718,7 +719,6 @@ impl Engine {
                 continue;
             }
             // (index into own, or own.len() + index into shared), in the stable order of the sort by key
-            let mut order: Vec<usize> = (0..own.len() + shared.len()).collect();
             let key_of = |index: usize| {
                 if index < own.len() {
                     own[index].key
@@ -726,8 +726,20 @@ impl Engine {
                     shared[index - own.len()].key
                 }
             };
-            if order.len() > 1 {
-                order.sort_by_key(|&index| key_of(index));
+            let total = own.len() + shared.len();
+            let mut on_stack = [0usize; 16];
+            let mut on_heap: Vec<usize> = Vec::new();
+            let order: &mut [usize] = if total <= on_stack.len() {
+                &mut on_stack[..total]
+            } else {
+                on_heap.resize(total, 0);
+                &mut on_heap
+            };
+            for (position, slot) in order.iter_mut().enumerate() {
+                *slot = position;
+            }
+            if total > 1 {
+                order.sort_by_key(|&index| key_of(index)); // stable: equal keys keep the order found
             }
             let candidate_at = |index: usize| if index < own.len() { &own[index] } else { &shared[index - own.len()] };
             let winner = candidate_at(order[0]);
@@ -913,7 +925,7 @@ impl Engine {
                         limit: rule.limit,
                         window_text: Cow::Borrowed(&rule.window_text),
                         start: now - rule.window_ms,
-                        newest: Newest::Listed(last_n(&newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS))),
+                        newest: Newest::Listed(keep_last(newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS))),
                     },
                 });
             }
@@ -994,7 +1006,7 @@ impl Engine {
         let (count, until, newest) = if scope == SCOPE_ALL {
             let (count, newest) = merged_window(&state.logs, now, window_ms, limit)?;
             let until = newest[0] + window_ms;
-            (count, until, Newest::Listed(last_n(&newest, limit.min(MAX_EVIDENCE_TIMESTAMPS))))
+            (count, until, Newest::Listed(keep_last(newest, limit.min(MAX_EVIDENCE_TIMESTAMPS))))
         } else {
             let log = &state.logs[scope];
             if log.len() < limit {
