@@ -5,7 +5,7 @@ name carries the generator's source digest, so a changed generator never reuses 
 into memory before any timing: the figures are CPU only, no I/O.
 
     .venv/bin/python bench/core_replay.py [--events N] [--customers N] [--seed S] [--policy FILE] [--profile]
-                                          [--chunk N]
+                                          [--chunk N] [--no-pure] [--no-native]
 
 Measured, in this order, over the same lines:
 
@@ -15,7 +15,10 @@ Measured, in this order, over the same lines:
 * the full replay (``Replay.feed`` for every line, then ``finish``): parse, de-duplication, state, rules,
   decisions and violations, all customers' state in memory;
 * when the compiled core runs (``make venv`` builds it, see setup.py), the same replay once more with the pure-Python
-  sources, in a child process (``FATIGUE_PURE_PYTHON=1``): the speed-up of the compiled build in the same run.
+  sources, in a child process (``FATIGUE_PURE_PYTHON=1``): the speed-up of the compiled build in the same run;
+* when the native core is built (``fatigue.native``, the Rust crate in native/), the same replay on it
+  (``NativeReplay.feed_all`` of every line, then ``finish``). Its stats must equal the Python replay's (the run fails
+  otherwise), and the one-core target is judged on its figure.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -42,8 +46,8 @@ import fatigue.generate
 from fatigue.engine import Guard
 from fatigue.events import parse_event
 from fatigue.generate import generate_events
-from fatigue.policy import load_policy
-from fatigue.replay import Replay, tune_gc
+from fatigue.policy import Policy, load_policy
+from fatigue.replay import Replay, ReplayStats, tune_gc
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
@@ -88,6 +92,66 @@ def pure_replay_seconds(argv: list[str], count: int) -> float:
     return float(line.rsplit(None, 1)[1].rstrip("s"))
 
 
+@dataclass
+class NativeResult:
+    seconds: float
+    stats: ReplayStats
+    newest_ms: int | None
+    customers: int
+
+
+def native_replay(policy: Policy, lines: list[bytes], count: int) -> NativeResult | None:
+    """The same replay on the native core (``feed_all`` of every line, then ``finish``); None when it is not built."""
+    try:
+        import fatigue.native
+    except ImportError as error:
+        print(f"  native replay: not available (fatigue.native does not import: {error})")
+        return None
+    if not fatigue.native.native_available():
+        reason = getattr(fatigue.native, "UNAVAILABLE_REASON", None) or "native_available() is False"
+        print(f"  native replay: not available ({reason}; --no-native to skip)")
+        return None
+    replay = fatigue.native.NativeReplay(Guard(policy))
+
+    def run() -> None:
+        replay.feed_all(lines)
+        replay.finish(replay.newest_ms)
+
+    seconds = timed("native replay (parse + engine, Rust)", run, count)
+    return NativeResult(seconds, replay.stats, replay.newest_ms, len(replay.customers()))
+
+
+def native_agrees(native: NativeResult, stats: ReplayStats, newest_ms: int | None, customers: int) -> bool:
+    """Print whether the native replay reached what the Python replay reached; loudly when it did not."""
+    same = native.stats == stats and native.newest_ms == newest_ms and native.customers == customers
+    if same:
+        print(
+            f"  native and Python replays agree: same stats ({stats.accepted:,} accepted, "
+            f"{sum(stats.decisions.values()):,} decisions, {sum(stats.violations.values()):,} violations, "
+            f"{sum(stats.rejections.values()):,} rejections), newest event time and {customers:,} customers"
+        )
+        return True
+    lines = ["  !!! native and Python replays DIFFER:"]
+    if native.newest_ms != newest_ms:
+        lines.append(f"  !!!   newest event time: python {newest_ms}, native {native.newest_ms}")
+    if native.customers != customers:
+        lines.append(f"  !!!   customers: python {customers:,}, native {native.customers:,}")
+    for name in ("events", "accepted"):
+        python_value, native_value = getattr(stats, name), getattr(native.stats, name)
+        if python_value != native_value:
+            lines.append(f"  !!!   {name}: python {python_value:,}, native {native_value:,}")
+    for name in ("decisions", "rejections", "violations"):
+        python_counts, native_counts = getattr(stats, name), getattr(native.stats, name)
+        for key in sorted(python_counts.keys() | native_counts.keys(), key=str):
+            if python_counts[key] != native_counts[key]:
+                shown = "/".join(key) if isinstance(key, tuple) else key
+                lines.append(f"  !!!   {name} {shown}: python {python_counts[key]:,}, native {native_counts[key]:,}")
+    lines.append("  !!! find the first differing line: .venv/bin/python -m tests.unit.test_native_parity --help")
+    print("\n".join(lines))
+    print("\n".join(lines), file=sys.stderr)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="stream length (default: %(default)s)")
@@ -100,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-events", type=int, default=200_000, help="lines to profile (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=0, help="also print the replay's rate per N events")
     parser.add_argument("--no-pure", action="store_true", help="skip the pure-Python replay of a compiled build")
+    parser.add_argument("--no-native", action="store_true", help="skip the native (Rust) replay")
     parser.add_argument("--replay-only", action="store_true", help=argparse.SUPPRESS)  # the pure child's mode
     args = parser.parse_args(argv)
 
@@ -164,16 +229,32 @@ def main(argv: list[str] | None = None) -> int:
     pure = None if flavour != "compiled" or args.no_pure else pure_replay_seconds(argv or sys.argv[1:], count)
 
     stats = replay.stats
+    customers = len(replay.states)
+    newest_ms = replay.newest_ms
+    native: NativeResult | None = None
+    if args.no_native:
+        print("  native replay: skipped (--no-native)")
+    else:
+        replay.states.clear()  # the Python states are not needed any more: the native run starts on a clean heap
+        native = native_replay(policy, lines, count)
+
     decisions = sum(stats.decisions.values())
     rate = count / total
     print(f"  accepted {stats.accepted:,}  rejected {sum(stats.rejections.values()):,}  decisions {decisions:,}")
-    print(f"  customers in memory {len(replay.states):,}")
+    print(f"  customers in memory {customers:,}")
     print(f"  ratio replay / orjson.loads: {total / baseline:.1f}x")
     if naive is not None:
         print(f"  ratio replay / json.loads:   {total / naive:.1f}x")
     print(f"  engine share of replay time: {(total - parsing) / total:.0%}")
     if pure is not None:
         print(f"  compiled core speed-up over the pure-Python sources: {pure / total:.2f}x")
+    agree = True
+    if native is not None:
+        agree = native_agrees(native, stats, newest_ms, customers)
+        print(f"  ratio native replay / orjson.loads: {native.seconds / baseline:.1f}x")
+        if naive is not None:
+            print(f"  ratio native replay / json.loads:   {native.seconds / naive:.1f}x")
+        print(f"  native core speed-up over the Python replay ({flavour} core): {total / native.seconds:.2f}x")
     if chunks:
         print(f"  per {args.chunk:,} events: events/s, customers in memory after them, decisions among them")
         done, decided = 0, 0
@@ -183,8 +264,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{decided_so_far - decided:>9,}"
             )
             done, decided = upto, decided_so_far
+    if native is not None and agree:
+        judged, rate = "native replay", count / native.seconds
+    else:
+        judged = f"replay ({flavour} core)"
     verdict = "meets" if rate >= TARGET_EVENTS_PER_S else "is BELOW"
-    print(f"  {rate:,.0f} events/s {verdict} the {TARGET_EVENTS_PER_S:,} events/s one-core target")
+    print(f"  {judged}: {rate:,.0f} events/s {verdict} the {TARGET_EVENTS_PER_S:,} events/s one-core target")
+    if not agree:
+        print("  no verdict on the native replay: its results differ from the Python replay's (see above)")
     print(
         f"reproduce: .venv/bin/python bench/core_replay.py --events {args.events} --customers {args.customers} "
         f"--seed {args.seed} --skew {args.skew:g}"
@@ -203,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(20)
         print(f"\ncProfile of the first {len(subset):,} events, by own time:")
         print(report.getvalue())
+    if not agree:
+        print("core_replay: FAILED: the native replay's results differ from the Python replay's", file=sys.stderr)
+        return 1
     return 0
 
 
