@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use crate::events::{Event, EventType, CATEGORIES, CHANNELS};
 use crate::json::{push_i64, push_key, push_opt_str, push_str};
-use crate::policy::Policy;
+use crate::policy::{Policy, WindowRule};
 use crate::state::{
     Decision, Emitted, Fact, Lifted, OptOut, Pair, Pending, Settled, State, UnreadBlock, Zone, SCOPE_ALL,
 };
@@ -128,6 +128,26 @@ fn insort(values: &mut Vec<i64>, x: i64) {
     values.insert(at, x);
 }
 
+/// A policy cap reached: blocked until `until` (rule order 6: all channels, 7: one channel).
+fn window_candidate<'p>(
+    rule: &'p WindowRule,
+    reason: &'static str,
+    order: i128,
+    until: i64,
+    count: usize,
+    start: i64,
+    newest: Newest,
+) -> Candidate<'p> {
+    Candidate {
+        key: sort_key(Some(until), order),
+        until: Some(until),
+        reason,
+        rule_id: Cow::Borrowed(&rule.rule_id),
+        text: Cow::Borrowed(&rule.text),
+        data: Data::Window { count, limit: rule.limit, window_text: Cow::Borrowed(&rule.window_text), start, newest },
+    }
+}
+
 fn keep_last(mut values: Vec<i64>, n: usize) -> Vec<i64> {
     values.drain(..values.len().saturating_sub(n));
     values
@@ -139,31 +159,40 @@ fn trim_due_by(state: &mut State, at: i64) {
     }
 }
 
-/// _set_fact for an opt-out: the latest by event time wins (ties: the later arrival); true when it changed.
-fn set_opt_out(slot: &mut Option<OptOut>, fact: OptOut) -> bool {
-    if let Some(current) = slot {
-        if fact.at < current.at {
-            return false;
-        }
-        if current.opted_out == fact.opted_out && current.source == fact.source {
-            if fact.at > current.at {
-                *current = fact;
-            }
-            return false;
-        }
-    }
-    *slot = Some(fact);
-    true
+/// A fact whose latest version by event time wins (opt-outs, customer caps, quiet hours).
+trait Versioned {
+    fn at(&self) -> i64;
+    fn same_value(&self, other: &Self) -> bool;
 }
 
-/// _set_fact for a customer cap or quiet hours.
-fn set_pair(slot: &mut Option<Pair>, fact: Pair) -> bool {
+impl Versioned for OptOut {
+    fn at(&self) -> i64 {
+        self.at
+    }
+
+    fn same_value(&self, other: &Self) -> bool {
+        self.opted_out == other.opted_out && self.source == other.source
+    }
+}
+
+impl Versioned for Pair {
+    fn at(&self) -> i64 {
+        self.at
+    }
+
+    fn same_value(&self, other: &Self) -> bool {
+        self.first == other.first && self.second == other.second
+    }
+}
+
+/// _set_fact: the latest by event time wins (ties: the later arrival); true when the value changed.
+fn set_fact<T: Versioned>(slot: &mut Option<T>, fact: T) -> bool {
     if let Some(current) = slot {
-        if fact.at < current.at {
+        if fact.at() < current.at() {
             return false;
         }
-        if current.first == fact.first && current.second == fact.second {
-            if fact.at > current.at {
+        if current.same_value(&fact) {
+            if fact.at() > current.at() {
                 *current = fact;
             }
             return false;
@@ -466,7 +495,7 @@ impl Engine {
     /// _on_unsubscribe and _on_sms_stop
     fn on_opt_out(&self, state: &mut State, event: &Event, channel: usize, source: &str, step: &mut Step) {
         let fact = OptOut { at: event.ts_ms, opted_out: true, source: source.to_owned() };
-        if set_opt_out(&mut state.opt_outs[channel], fact) {
+        if set_fact(&mut state.opt_outs[channel], fact) {
             self.evaluate_event(state, &[channel], event, step);
         }
     }
@@ -505,7 +534,7 @@ impl Engine {
             for &channel in scope {
                 let previous = state.opt_outs[channel].clone();
                 let fact = OptOut { at: ts, opted_out, source: "opt_out".to_owned() };
-                if set_opt_out(&mut state.opt_outs[channel], fact) {
+                if set_fact(&mut state.opt_outs[channel], fact) {
                     affected[channel] = true;
                     if let Some(previous) = previous.filter(|previous| previous.opted_out && !opted_out) {
                         state.lifted_opt_outs.push(Lifted {
@@ -526,7 +555,7 @@ impl Engine {
         if let Some(cap) = prefs.max_contacts {
             let fact = Pair { at: ts, first: cap.map(|cap| cap.0), second: cap.map(|cap| cap.1) };
             let cap_scope = prefs.channel.unwrap_or(SCOPE_ALL);
-            if set_pair(&mut state.customer_caps[cap_scope], fact) {
+            if set_fact(&mut state.customer_caps[cap_scope], fact) {
                 state.trim_due_ms = 0; // a customer's cap window sets how long contacts are kept
                 for &channel in scope {
                     affected[channel] = true;
@@ -538,7 +567,7 @@ impl Engine {
                 let fact = Pair { at: ts, first: hours.map(|hours| hours.0), second: hours.map(|hours| hours.1) };
                 let current = state.quiet[channel].clone().map(Fact::Quiet);
                 self.keep_superseded_fact(state, channel as i64, current, Fact::Quiet(fact.clone()));
-                set_pair(&mut state.quiet[channel], fact);
+                set_fact(&mut state.quiet[channel], fact);
             }
         }
         if let Some(zone) = &prefs.timezone {
@@ -891,20 +920,7 @@ impl Engine {
                 continue;
             }
             let until = log[kept - rule.limit] + rule.window_ms;
-            found.push(Candidate {
-                key: -i128::from(until) * 16 + 7,
-                until: Some(until),
-                reason: "cap",
-                rule_id: Cow::Borrowed(&rule.rule_id),
-                text: Cow::Borrowed(&rule.text),
-                data: Data::Window {
-                    count,
-                    limit: rule.limit,
-                    window_text: Cow::Borrowed(&rule.window_text),
-                    start,
-                    newest: Newest::Log(channel),
-                },
-            });
+            found.push(window_candidate(rule, "cap", 7, until, count, start, Newest::Log(channel)));
         }
         found
     }
@@ -914,20 +930,8 @@ impl Engine {
         for rule in &self.policy.global_caps {
             if let Some((count, newest)) = merged_window(&state.logs, now, rule.window_ms, rule.limit) {
                 let until = newest[0] + rule.window_ms;
-                found.push(Candidate {
-                    key: -i128::from(until) * 16 + 6,
-                    until: Some(until),
-                    reason: "global_cap",
-                    rule_id: Cow::Borrowed(&rule.rule_id),
-                    text: Cow::Borrowed(&rule.text),
-                    data: Data::Window {
-                        count,
-                        limit: rule.limit,
-                        window_text: Cow::Borrowed(&rule.window_text),
-                        start: now - rule.window_ms,
-                        newest: Newest::Listed(keep_last(newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS))),
-                    },
-                });
+                let listed = Newest::Listed(keep_last(newest, rule.limit.min(MAX_EVIDENCE_TIMESTAMPS)));
+                found.push(window_candidate(rule, "global_cap", 6, until, count, now - rule.window_ms, listed));
             }
         }
         if let Some(cap) = &state.customer_caps[SCOPE_ALL] {

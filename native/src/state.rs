@@ -342,6 +342,33 @@ pub struct State {
     pub trim_due_ms: i64,
 }
 
+/// `[a,b,...]`, each item written by `each`.
+fn push_seq<'a, T: 'a>(
+    out: &mut String,
+    items: impl IntoIterator<Item = &'a T>,
+    mut each: impl FnMut(&mut String, &'a T),
+) {
+    out.push('[');
+    for (index, item) in items.into_iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        each(out, item);
+    }
+    out.push(']');
+}
+
+/// A pending or settled email: [deadline_ms, contact_event_id, opened | streak].
+fn push_mail(out: &mut String, deadline: i64, contact_event_id: &str, value: i64) {
+    out.push('[');
+    push_i64(out, deadline);
+    out.push(',');
+    push_str(out, contact_event_id);
+    out.push(',');
+    push_i64(out, value);
+    out.push(']');
+}
+
 fn push_int_list(out: &mut String, values: &[i64]) {
     out.push('[');
     for (index, value) in values.iter().enumerate() {
@@ -386,10 +413,6 @@ fn push_unread_block(out: &mut String, block: &UnreadBlock) {
     out.push(',');
     push_i64(out, block.streak);
     out.push(']');
-}
-
-fn push_flat_map(out: &mut String, map: &IndexMap<String, i64>) {
-    push_flat_pairs(out, map.iter());
 }
 
 fn push_flat_pairs<'a>(out: &mut String, pairs: impl Iterator<Item = (&'a String, &'a i64)>) {
@@ -489,14 +512,7 @@ impl State {
         push_opt_i64(&mut out, self.watermark_ms);
         if self.logs.iter().any(|log| !log.is_empty()) {
             push_key(&mut out, "l", false);
-            out.push('[');
-            for (index, log) in self.logs.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                push_int_list(&mut out, log);
-            }
-            out.push(']');
+            push_seq(&mut out, &self.logs, |out, log| push_int_list(out, log));
         }
         if !self.ids.is_empty() {
             push_key(&mut out, "i", false);
@@ -512,106 +528,59 @@ impl State {
         }
         if self.complaints.iter().any(Option::is_some) {
             push_key(&mut out, "cp", false);
-            out.push('[');
-            for (index, at) in self.complaints.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                push_opt_i64(&mut out, *at);
-            }
-            out.push(']');
+            push_seq(&mut out, &self.complaints, |out, at| push_opt_i64(out, *at));
         }
         if self.opt_outs.iter().any(Option::is_some) {
             push_key(&mut out, "o", false);
-            out.push('[');
-            for (index, fact) in self.opt_outs.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
+            push_seq(&mut out, &self.opt_outs, |out, fact| match fact {
+                None => out.push_str("null"),
+                Some(fact) => {
+                    out.push('[');
+                    push_i64(out, fact.at);
+                    out.push_str(if fact.opted_out { ",true," } else { ",false," });
+                    push_str(out, &fact.source);
+                    out.push(']');
                 }
-                match fact {
-                    None => out.push_str("null"),
-                    Some(fact) => {
-                        out.push('[');
-                        push_i64(&mut out, fact.at);
-                        out.push_str(if fact.opted_out { ",true," } else { ",false," });
-                        push_str(&mut out, &fact.source);
-                        out.push(']');
-                    }
-                }
-            }
-            out.push(']');
+            });
         }
         if !self.lifted_opt_outs.is_empty() {
             push_key(&mut out, "lo", false);
-            out.push('[');
-            for (index, entry) in self.lifted_opt_outs.iter().enumerate() {
-                if index > 0 {
+            push_seq(&mut out, &self.lifted_opt_outs, |out, entry| {
+                out.push('[');
+                for value in [entry.channel, entry.since, entry.lifted_at] {
+                    push_i64(out, value);
                     out.push(',');
                 }
-                out.push('[');
-                push_i64(&mut out, entry.channel);
-                out.push(',');
-                push_i64(&mut out, entry.since);
-                out.push(',');
-                push_i64(&mut out, entry.lifted_at);
-                out.push(',');
-                push_str(&mut out, &entry.source);
+                push_str(out, &entry.source);
                 out.push(']');
-            }
-            out.push(']');
+            });
         }
         if !self.superseded_signals.is_empty() {
             push_key(&mut out, "ss", false);
-            out.push('[');
-            for (index, entry) in self.superseded_signals.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                push_int_list(&mut out, entry);
-            }
-            out.push(']');
+            push_seq(&mut out, &self.superseded_signals, |out, entry| push_int_list(out, entry));
         }
         if !self.superseded_facts.is_empty() {
             push_key(&mut out, "sf", false);
-            out.push('[');
-            for (index, (kind, fact, superseded_at)) in self.superseded_facts.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
+            push_seq(&mut out, &self.superseded_facts, |out, (kind, fact, superseded_at)| {
                 out.push('[');
-                push_i64(&mut out, *kind);
+                push_i64(out, *kind);
                 out.push(',');
                 match fact {
-                    Fact::Quiet(pair) => push_pair(&mut out, &Some(pair.clone())),
-                    Fact::Zone(zone) => push_zone(&mut out, zone),
+                    Fact::Quiet(pair) => push_pair(out, &Some(pair.clone())),
+                    Fact::Zone(zone) => push_zone(out, zone),
                 }
                 out.push(',');
-                push_i64(&mut out, *superseded_at);
+                push_i64(out, *superseded_at);
                 out.push(']');
-            }
-            out.push(']');
+            });
         }
         if self.customer_caps.iter().any(Option::is_some) {
             push_key(&mut out, "cc", false);
-            out.push('[');
-            for (index, cap) in self.customer_caps.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                push_pair(&mut out, cap);
-            }
-            out.push(']');
+            push_seq(&mut out, &self.customer_caps, push_pair);
         }
         if self.quiet.iter().any(Option::is_some) {
             push_key(&mut out, "q", false);
-            out.push('[');
-            for (index, quiet) in self.quiet.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                push_pair(&mut out, quiet);
-            }
-            out.push(']');
+            push_seq(&mut out, &self.quiet, push_pair);
         }
         if let Some(zone) = &self.timezone {
             push_key(&mut out, "tz", false);
@@ -619,24 +588,13 @@ impl State {
         }
         if !self.pending.is_empty() {
             push_key(&mut out, "p", false);
-            out.push('[');
-            for (index, entry) in self.pending.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push('[');
-                push_i64(&mut out, entry.deadline);
-                out.push(',');
-                push_str(&mut out, &entry.contact_event_id);
-                out.push(',');
-                push_i64(&mut out, entry.opened);
-                out.push(']');
-            }
-            out.push(']');
+            push_seq(&mut out, &self.pending, |out, entry| {
+                push_mail(out, entry.deadline, &entry.contact_event_id, entry.opened);
+            });
         }
         if !self.early_opens.is_empty() {
             push_key(&mut out, "eo", false);
-            push_flat_map(&mut out, &self.early_opens);
+            push_flat_pairs(&mut out, self.early_opens.iter());
         }
         if self.streak != 0 {
             push_key(&mut out, "s", false);
@@ -648,20 +606,9 @@ impl State {
         }
         if !self.settled.is_empty() {
             push_key(&mut out, "sd", false);
-            out.push('[');
-            for (index, entry) in self.settled.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push('[');
-                push_i64(&mut out, entry.deadline);
-                out.push(',');
-                push_str(&mut out, &entry.contact_event_id);
-                out.push(',');
-                push_i64(&mut out, entry.streak);
-                out.push(']');
-            }
-            out.push(']');
+            push_seq(&mut out, &self.settled, |out, entry| {
+                push_mail(out, entry.deadline, &entry.contact_event_id, entry.streak);
+            });
         }
         if let Some(block) = &self.unread_prior {
             push_key(&mut out, "up", false);
@@ -669,23 +616,16 @@ impl State {
         }
         if self.emitted.iter().any(Option::is_some) {
             push_key(&mut out, "e", false);
-            out.push('[');
-            for (index, record) in self.emitted.iter().enumerate() {
-                if index > 0 {
+            push_seq(&mut out, &self.emitted, |out, record| match record {
+                None => out.push_str("null"),
+                Some(record) => {
+                    out.push('[');
+                    push_i64(out, record.since);
                     out.push(',');
+                    record.decision.pack(out);
+                    out.push(']');
                 }
-                match record {
-                    None => out.push_str("null"),
-                    Some(record) => {
-                        out.push('[');
-                        push_i64(&mut out, record.since);
-                        out.push(',');
-                        record.decision.pack(&mut out);
-                        out.push(']');
-                    }
-                }
-            }
-            out.push(']');
+            });
         }
         if self.trimmed != 0 {
             push_key(&mut out, "t", false);
