@@ -2,6 +2,9 @@
 //! are parsed by Python's parse_event through a bridge object (fatigue/native.py); an erasure is applied by
 //! Python's Guard to the customer's state serialised exactly as the Python core serialises it, read back after.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use indexmap::IndexMap;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -24,17 +27,66 @@ pub struct Outcome {
     pub rejection: Option<RejectionTuple>,
 }
 
+/// The offset from UTC, in minutes, of a zone over one quarter of an hour: zone offsets and the instants they
+/// change at are whole quarters of an hour in every zone since the 1970s, so one lookup serves the whole quarter.
+/// None: not so for this quarter (a zone with seconds in its offset, or a change inside it), every instant in it
+/// is then looked up. Keyed by (zone, quarter); emptied when large.
+type ZoneOffsets = HashMap<(String, i64), Option<i64>, ahash::RandomState>;
+
+const QUARTER_MS: i64 = 900_000;
+const MAX_ZONE_OFFSETS: usize = 1 << 20;
+
 struct BridgeClock<'a, 'py> {
     bridge: &'a Bound<'py, PyAny>,
+    offsets: &'a RefCell<ZoneOffsets>,
 }
 
-impl LocalTime for BridgeClock<'_, '_> {
-    fn local_minute(&self, ts_ms: i64, zone: &str) -> i64 {
+impl BridgeClock<'_, '_> {
+    /// Python's local minute of the day (Guard._quiet_rule_at's expression, zoneinfo's data).
+    fn python_minute(&self, ts_ms: i64, zone: &str) -> i64 {
         // the zone was validated by Python when it was stored, and the default by the policy loader
         self.bridge
             .call_method1("local_minute", (ts_ms, zone))
             .and_then(|minute| minute.extract::<i64>())
             .expect("fatigue.native bridge: local_minute failed")
+    }
+
+    /// The whole-minute offset at `ts_ms` as Python places it, if the sample says it is one.
+    fn offset_at(&self, ts_ms: i64, zone: &str) -> i64 {
+        (self.python_minute(ts_ms, zone) - utc_minute(ts_ms)).rem_euclid(1440)
+    }
+}
+
+fn utc_minute(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(60_000).rem_euclid(1440)
+}
+
+impl LocalTime for BridgeClock<'_, '_> {
+    fn local_minute(&self, ts_ms: i64, zone: &str) -> i64 {
+        let quarter = ts_ms.div_euclid(QUARTER_MS);
+        let known = self.offsets.borrow().get(&(zone.to_owned(), quarter)).copied();
+        let offset = match known {
+            Some(offset) => offset,
+            None => {
+                let start = quarter * QUARTER_MS;
+                let first = self.offset_at(start, zone);
+                // the same offset at the quarter's end, and no seconds in it (59.999 s into a minute would then
+                // fall in the next local minute)
+                let constant = first == self.offset_at(start + QUARTER_MS - 1, zone)
+                    && first == self.offset_at(start + 59_999, zone);
+                let offset = constant.then_some(first);
+                let mut offsets = self.offsets.borrow_mut();
+                if offsets.len() >= MAX_ZONE_OFFSETS {
+                    offsets.clear();
+                }
+                offsets.insert((zone.to_owned(), quarter), offset);
+                offset
+            }
+        };
+        match offset {
+            Some(offset) => (utc_minute(ts_ms) + offset).rem_euclid(1440),
+            None => self.python_minute(ts_ms, zone),
+        }
     }
 }
 
@@ -43,6 +95,7 @@ pub struct NativeReplay {
     engine: Engine,
     // boxed: growing the map moves pointers, not whole states
     states: IndexMap<String, Box<State>, ahash::RandomState>,
+    zone_offsets: RefCell<ZoneOffsets>,
     bridge: PyObject,
     check_key: bool,
     events: u64,
@@ -155,7 +208,7 @@ impl NativeReplay {
     /// Replay.feed after parsing, for an event the native engine decides.
     fn apply(&mut self, py: Python<'_>, event: &Event) -> Outcome {
         let bridge = self.bridge.bind(py);
-        let clock = BridgeClock { bridge };
+        let clock = BridgeClock { bridge, offsets: &self.zone_offsets };
         let existing = self.states.get_mut(&event.customer_id).map(|state| &mut **state);
         let result = self.engine.process(existing, event, &clock);
         let (created, step) = match result {
@@ -257,6 +310,7 @@ impl NativeReplay {
         Ok(NativeReplay {
             engine: Engine::new(policy),
             states: IndexMap::with_hasher(ahash::RandomState::new()),
+            zone_offsets: RefCell::new(HashMap::default()),
             bridge,
             check_key,
             events: 0,
