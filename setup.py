@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import runpy
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -51,6 +52,11 @@ def native_extensions() -> list:  # type: ignore[type-arg]
     manifest = ROOT / _NATIVE["NATIVE_DIR"] / "Cargo.toml"
     if not manifest.is_file():
         return []  # e.g. the Docker image's build context, which has only the Python package
+    if shutil.which("cargo") is None:
+        raise SystemExit(
+            "fatigue-guard: cargo not found: the native core (native/, Rust) needs a Rust toolchain "
+            "(https://rustup.rs); or install with FATIGUE_NO_NATIVE=1 to build without it"
+        )
     from setuptools_rust import Binding, RustExtension
 
     write_native_digest()  # now, so that a wheel's package data has it; again after the build (see below)
