@@ -64,10 +64,13 @@ class PartitionClock:
 
     def observe(self, state: CustomerState) -> None:
         """Account for a customer's state after an accepted event (or after advancing it)."""
-        watermark = state.watermark_ms
-        if watermark is not None and (self.time_ms is None or watermark > self.time_ms):
-            self.time_ms = watermark
-        self.schedule(state)
+        self.observe_times(state.customer_id, state.watermark_ms, state.next_deadline_ms())
+
+    def observe_times(self, customer: str, watermark_ms: int | None, next_deadline_ms: int | None) -> None:
+        """:meth:`observe` for an engine that reports a state's watermark and next deadline, not the state."""
+        if watermark_ms is not None and (self.time_ms is None or watermark_ms > self.time_ms):
+            self.time_ms = watermark_ms
+        self.schedule_at(customer, next_deadline_ms)
 
     def schedule(self, state: CustomerState) -> None:
         """Keep one live entry per customer, at or before its next deadline.
@@ -77,8 +80,10 @@ class PartitionClock:
         moves on with every email (its oldest unsettled one is dropped at the cap), and an entry per move grew the
         heap by one per email, each of them coming due later and waking a wall-clock tick.
         """
-        deadline = state.next_deadline_ms()
-        customer = state.customer_id
+        self.schedule_at(state.customer_id, state.next_deadline_ms())
+
+    def schedule_at(self, customer: str, deadline: int | None) -> None:
+        """:meth:`schedule` for a customer whose next deadline is ``deadline`` (None: none pending)."""
         if deadline is None:
             self._scheduled.pop(customer, None)
             return
