@@ -57,11 +57,6 @@ class Metrics:
         self.tombstones = Counter(
             "fatigue_tombstones_total", "Expired blocks tombstoned on the decisions topic", registry=r
         )
-        self.repaired = Counter(
-            "fatigue_redelivery_repairs_total",
-            "Records re-sent on restart for customers changed after the committed offset (state ahead of outputs)",
-            registry=r,
-        )
         self.deadlines_fired = Counter(
             "fatigue_deadline_advances_total", "Customers advanced by a partition clock", ["clock"], registry=r
         )
@@ -74,22 +69,26 @@ class Metrics:
         self.redis_writes = Counter("fatigue_redis_writes_total", "Redis keys written or deleted", ["op"], registry=r)
         self.redis_failures = Counter("fatigue_redis_failures_total", "Failed Redis batches (retried)", registry=r)
         self.redis_reconciles = Counter("fatigue_redis_reconciles_total", "Full Redis reconciliations", registry=r)
-        self.input_rereads = Counter(
-            "fatigue_input_rereads_total",
-            "Input partitions re-read from their committed offset because Faust's commits on them had stalled",
+        self.transactions = Counter(
+            "fatigue_transactions_total",
+            "Transactions of the pipeline (one per input partition and batch): committed, fenced (another worker took "
+            "the partition over: nothing of it became visible), failed (aborted; the partition is set up again)",
+            ["outcome"],
             registry=r,
         )
-        self.input_holes = Counter(
-            "fatigue_input_holes_total",
-            "Input records fetched ahead of the next expected offset: 'reread' a stale fetch re-read from the "
-            "expected offset, 'marker' a one-offset hole (a transaction marker), 'accepted' a larger hole (records "
-            "deleted before they were read, or lost inside Faust and not brought by three re-reads); 'dropped' "
-            "records the gate delivered that never reached the agent (re-read from the first of them)",
-            ["action"],
+        for outcome in ("committed", "fenced", "failed"):
+            self.transactions.labels(outcome=outcome)
+        self.transaction_seconds = Histogram(
+            "fatigue_transaction_seconds",
+            "Time to write and commit one partition's transaction",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        for action in ("reread", "marker", "accepted", "dropped"):
-            self.input_holes.labels(action=action)  # exported at 0 from the start, so increase() sees the first
+        self.restored_records = Counter(
+            "fatigue_restored_records_total",
+            "State changelog records read to bring local stores up to date on partition assignment",
+            registry=r,
+        )
         self.state_bytes = Histogram(
             "fatigue_state_bytes",
             "Serialised per-customer state size",
@@ -253,6 +252,20 @@ class ActiveBlocks:
                     self._count(blocks, channel, old, -1)
                 if new is not None:
                     self._count(blocks, channel, new, 1)
+
+    def change_one(self, partition: int, channel: int, old: int | None, new: int | None) -> None:
+        """One channel's block of one customer changed (``until_ms``, INDEFINITE, or None for no block)."""
+        blocks = self._partitions.get(partition)
+        if blocks is None or old == new:
+            return
+        if old is not None:
+            self._count(blocks, channel, old, -1)
+        if new is not None:
+            self._count(blocks, channel, new, 1)
+
+    def drop(self, partition: int) -> None:
+        """The partition moved away: its blocks are counted by its new owner."""
+        self._partitions.pop(partition, None)
 
     @staticmethod
     def _count(blocks: _PartitionBlocks, channel: int, until_ms: int, delta: int) -> None:

@@ -37,13 +37,18 @@ class Settings:
     wall_settle_ms: int = 60_000
     tick_interval_s: float = 1.0
     redis_batch: int = 500
-    # The guard agent handles its input in batches of up to this many messages, or what arrived within the wait:
-    # each customer's state is read and decoded once per batch and written (table + changelog) once per batch.
-    input_batch: int = 500
+    # The pipeline takes up to this many input records per batch (what has arrived; it waits up to
+    # input_batch_wait_s only when nothing has). Each partition's share of a batch is one transaction, whose commit
+    # costs 10-25 ms on loopback: larger batches under load amortise it, an idle stream still gets small ones.
+    input_batch: int = 5000
     input_batch_wait_s: float = 0.02
-    # a batch whose outputs Kafka does not take (after the producer's own retries) is sent again, backing off up to
-    # this long between attempts; the agent consumes nothing meanwhile, and its states wait with it
-    delivery_retry_max_s: float = 30.0
+    # an open transaction older than this is aborted by the broker (a worker frozen mid-batch)
+    transaction_timeout_s: float = 60.0
+    # which core decides: "native" (the Rust port, needs fatigue._native built), "python" (the engine of record),
+    # or "auto" (native where it is built)
+    engine: str = "auto"
+    # decoded customer states kept in memory per partition (the rest are read from the local store when needed)
+    state_cache_customers: int = 100_000
     # A worker that dies without leaving the group (SIGKILL, a lost node) keeps its partitions, unprocessed, until
     # the broker has not heard from it for this long. Faust's default is 60 s: a minute in which the customers of
     # those partitions are not guarded. Heartbeats come from the consumer's own thread every 3 s (a third of a
@@ -62,6 +67,21 @@ class Settings:
     @property
     def datadir(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def changelog_topic(self) -> str:
+        """The compacted topic the customer states are written to (the previous Faust table's changelog name, so an
+        upgraded worker restores the states it kept)."""
+        return f"{self.app_id}-customer-state-v1-changelog"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """At most a third of the session (Kafka's advice): with 6 s and 3 s beats one late beat loses the member."""
+        return min(3.0, self.session_timeout_s / 3)
+
+    @property
+    def transaction_timeout_ms(self) -> int:
+        return int(self.transaction_timeout_s * 1000)
 
     @property
     def redis_view_group(self) -> str:
@@ -92,6 +112,7 @@ _ENV = {
     "input_batch_wait_s": "FATIGUE_INPUT_BATCH_WAIT",
     "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
     "session_timeout_s": "FATIGUE_SESSION_TIMEOUT",
+    "engine": "FATIGUE_ENGINE",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 
@@ -132,6 +153,10 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
         raise SystemExit("fatigue worker: --partitions must be >= 1")
     if settings.input_batch < 1 or settings.input_batch_wait_s <= 0:
         raise SystemExit("fatigue worker: --input-batch must be >= 1 and --input-batch-wait > 0 (seconds)")
+    if settings.engine not in ("auto", "native", "python"):
+        raise SystemExit("fatigue worker: --engine must be auto, native or python")
+    if settings.state_cache_customers < 1:
+        raise SystemExit("fatigue worker: --state-cache-customers must be >= 1")
     if not 6 <= settings.session_timeout_s <= 1800:
         raise SystemExit("fatigue worker: --session-timeout must be 6 to 1800 seconds (the broker's bounds)")
     return settings

@@ -22,15 +22,16 @@ _COMPACTED = {"cleanup.policy": "compact", "delete.retention.ms": "86400000", "m
 
 def ensure_topics(settings: Settings) -> None:
     """Create the guard's topics if missing. Refuse existing ones the guard cannot work with: an input topic or a
-    compacted output (decisions, preferences) whose partition count differs from ours (the state table and the
-    Redis view's ownership of keys are co-partitioned with them), or a compacted output that is not compacted
-    (retention would delete indefinite opt-outs, and the Redis view would then delete their keys)."""
+    compacted topic (decisions, preferences, the state changelog) whose partition count differs from ours (states
+    and the Redis view's ownership of keys are co-partitioned with them), or a compacted topic that is not compacted
+    (retention would delete indefinite opt-outs and customers' states)."""
     wanted = {
         settings.events_topic: {},
         settings.decisions_topic: _COMPACTED,
         settings.prefs_topic: _COMPACTED,
         settings.dlq_topic: {},
         settings.violations_topic: {},
+        settings.changelog_topic: _COMPACTED,
     }
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="fatigue-worker-admin")
     try:

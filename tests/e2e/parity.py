@@ -18,7 +18,7 @@ from fatigue.policy import load_policy
 from fatigue.replay import Replay, ReplayStats
 from fatigue.state import preferences_view
 from fatigue.testing import DAY
-from streams.app import dead_letter_value
+from streams.collector import dead_letter_value
 from tests.e2e.harness import GuardDeployment, Tally
 
 SETTLE_MS = 3_600_000  # the worker's default --deadline-settle

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.app import DEAD_LETTER_MAX_VALUE_BYTES
+from streams.collector import DEAD_LETTER_MAX_VALUE_BYTES
 from tests.e2e.harness import REPO, GuardDeployment, free_port, free_server_port
 from tests.e2e.parity import (
     Messages,

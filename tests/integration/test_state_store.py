@@ -1,64 +1,115 @@
-"""The state table's store on the real RocksDB: a corrupt partition database is set aside and opened empty (so
-Faust restores the partition from the changelog) instead of crash-looping the worker; any other error (a lock
-held by a database not yet released) still reaches Faust, which retries it."""
+"""A partition's local store on the real RocksDB, and its restore from a real changelog topic read committed.
+
+- a corrupt database is set aside and opened empty (so the partition is restored from the changelog) instead of
+  crash-looping the worker; any other open error (a lock still held) is raised;
+- the restore applies exactly the committed changelog records the store lacks (none of an aborted transaction),
+  from the store's position to the last stable offset, and records that position; a store whose position lies
+  outside the changelog is restored from scratch.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
-import faust
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import store as restoring_store
+from streams.restore import restore
+from streams.state_store import PartitionStore
 
-
-def _store(datadir: Path) -> restoring_store.RestoringRocksDBStore:
-    app = faust.App("store-test", store="rocksdb://", datadir=str(datadir), autodiscover=False)
-    table = app.Table(
-        "customer-state-v1",
-        store=restoring_store.store_url("customer-state-v1"),
-        key_type=bytes,
-        value_type=bytes,
-        default=None,
-    )
-    store = table.data
-    assert isinstance(store, restoring_store.RestoringRocksDBStore)
-    assert store.partition_path(0) == datadir / "v1" / "tables" / "customer-state-v1-0.db"  # as with Faust's store
-    return store
+pytestmark = pytest.mark.integration
 
 
-def test_a_corrupt_partition_database_is_set_aside_and_opened_empty(tmp_path: Path):
-    store = _store(tmp_path)
-    path = store.partition_path(0)
-    database = store._open_for_partition(0)
-    for number in range(1000):
-        database[f"cust-{number}".encode()] = b"state" * 20
-    database.flush()
-    database.close()
+def _store(path: Path) -> PartitionStore:
+    return PartitionStore(path, block_cache_bytes=1 << 20, write_buffer_bytes=1 << 20)
+
+
+def test_a_corrupt_database_is_set_aside_and_opened_empty(tmp_path: Path) -> None:
+    path = tmp_path / "partition-0.db"
+    store = _store(path)
+    store.apply([(f"cust-{n}".encode(), b"state" * 20) for n in range(1000)], position=1000)
+    store._db.flush()
+    store.close()
     # what a worker found after a SIGKILL: the MANIFEST names a table file that is gone
     tables = list(path.glob("*.sst"))
     assert tables
     for table_file in tables:
         table_file.unlink()
 
-    reopened = store._open_for_partition(0)
+    reopened = _store(path)
     try:
-        assert list(reopened.keys()) == []  # empty: recovery reads the partition back from the changelog
-        reopened[b"cust-1"] = b"restored"
-        assert reopened[b"cust-1"] == b"restored"
+        assert list(reopened.states()) == []
+        assert reopened.position == 0  # restored from the start of the changelog
     finally:
         reopened.close()
-    (aside,) = path.parent.glob(f"{path.name}.corrupt-*")
+    (aside,) = tmp_path.glob("partition-0.db.corrupt-*")
     assert any(aside.glob("MANIFEST-*")), "the corrupt database is kept for a post-mortem"
 
 
-def test_other_open_errors_still_reach_faust(tmp_path: Path):
-    store = _store(tmp_path)
-    path = store.partition_path(0)
-    database = store._open_for_partition(0)
+def test_other_open_errors_are_raised(tmp_path: Path) -> None:
+    path = tmp_path / "partition-0.db"
+    store = _store(path)
     try:
         with pytest.raises(Exception, match=r"(?i)lock"):
-            store._open_for_partition(0)  # Faust retries this one until the old handle is released
+            _store(path)
     finally:
-        database.close()
-    assert not list(path.parent.glob(f"{path.name}.corrupt-*"))
+        store.close()
+    assert not list(tmp_path.glob("partition-0.db.corrupt-*"))
+
+
+async def _write_changelog(bootstrap: str, topic: str) -> None:
+    """Committed, aborted, committed transactions, then a plain tombstone: offsets 0..2 (+marker), 4..5 aborted
+    (+marker), 7 (+marker), 9 tombstone."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topic}-writer")
+    await producer.start()
+    try:
+        for keys, commit in ((["a", "b", "c"], True), (["a", "d"], False), (["b"], True)):
+            await producer.begin_transaction()
+            for key in keys:
+                await producer.send_and_wait(topic, f"{key}-{commit}".encode(), key=key.encode(), partition=0)
+            if commit:
+                await producer.commit_transaction()
+            else:
+                await producer.abort_transaction()
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, None, key=b"c", partition=0)
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+
+
+async def _restore(bootstrap: str, store: PartitionStore, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", group_id=None)
+    await consumer.start()
+    try:
+        return await restore(consumer, store, TopicPartition(topic, 0), max_age_ms=3_600_000)
+    finally:
+        await consumer.stop()
+
+
+def test_restore_reads_what_the_store_lacks_committed_only(
+    bootstrap_servers: str, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = topic_factory("changelog", partitions=1, config={"cleanup.policy": "compact"})
+    asyncio.run(_write_changelog(bootstrap_servers, topic))
+
+    fresh = _store(tmp_path / "fresh.db")
+    read = asyncio.run(_restore(bootstrap_servers, fresh, topic))
+    assert dict(fresh.states()) == {b"a": b"a-True", b"b": b"b-True"}  # c deleted, d and a's rewrite aborted
+    assert read == 5  # a, b, c, b, the tombstone of c
+    end = fresh.position
+    assert end >= 10  # past the last transaction's marker: nothing left to read
+    assert asyncio.run(_restore(bootstrap_servers, fresh, topic)) == 0
+
+    behind = _store(tmp_path / "behind.db")
+    behind.apply([(b"a", b"a-True"), (b"b", b"b-True"), (b"c", b"c-True")], position=4)
+    assert asyncio.run(_restore(bootstrap_servers, behind, topic)) == 2  # b again, c's tombstone
+    assert dict(behind.states()) == {b"a": b"a-True", b"b": b"b-True"}
+    assert behind.position == end
+
+    ahead = _store(tmp_path / "ahead.db")
+    ahead.apply([(b"zombie", b"state of another changelog")], position=end + 100)
+    asyncio.run(_restore(bootstrap_servers, ahead, topic))
+    assert dict(ahead.states()) == {b"a": b"a-True", b"b": b"b-True"}  # wiped and restored from scratch

@@ -1,0 +1,102 @@
+"""The transactional producer of one input partition: how its outputs, state changelog and input offset become
+visible together or not at all, and how a partition's previous owner is fenced.
+
+aiokafka fences by ``transactional_id`` only (no KIP-447 group-metadata fencing, see docs/adr/0002), so each input
+partition has a producer of its own whose id is derived from the app and the partition: the next owner's
+:meth:`PartitionProducer.start` (InitProducerId) bumps the id's epoch, which aborts the previous owner's open
+transaction and makes every later request of its producer fail with a fencing error. Once a new owner has started
+its producer, nothing the old one still does can become visible: no output, no changelog record, no offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streams.collector import Record
+
+# A record batch is one request to the broker, whose own limit is about 1 MiB (message.max.bytes); a dead letter
+# keeps at most 256 KiB of its message (streams.collector), so a batch of this size always takes it.
+_BATCH_BYTES: Final = 900_000
+
+
+def transactional_id(app_id: str, topic: str, partition: int) -> str:
+    return f"{app_id}-{topic}-{partition}"
+
+
+def is_fenced(error: BaseException) -> bool:
+    """Whether a transaction failed because another producer took over the partition's transactional id."""
+    name = type(error).__name__
+    return "Fenced" in name or "ProducerEpoch" in name or "InvalidProducerIdMapping" in name
+
+
+class PartitionProducer:
+    """See the module docstring."""
+
+    def __init__(self, bootstrap: str, txn_id: str, *, transaction_timeout_ms: int) -> None:
+        self.txn_id = txn_id
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            transactional_id=txn_id,
+            enable_idempotence=True,
+            acks="all",
+            # also paces transaction retries: the 100 ms default halved throughput at small batches (INFRA_NOTES)
+            retry_backoff_ms=10,
+            max_batch_size=_BATCH_BYTES,
+            max_request_size=4 * 1024 * 1024,
+            transaction_timeout_ms=transaction_timeout_ms,
+            request_timeout_ms=30_000,
+        )
+
+    async def start(self) -> None:
+        """Connect and take the transactional id (fencing any earlier holder, aborting its open transaction)."""
+        await self._producer.start()
+
+    async def write(
+        self,
+        records: Mapping[tuple[str, int], list[Record]],
+        offsets: Mapping[TopicPartition, int] | None,
+        group_id: str,
+        changelog: tuple[str, int] | None,
+    ) -> int | None:
+        """One transaction: every record and the consumed offsets, committed together.
+
+        Returns the changelog offset after the last record written there (None when none was). Raises on any
+        failure, after which this producer must not be used again.
+        """
+        producer = self._producer
+        await producer.begin_transaction()
+        sent: list[tuple[tuple[str, int], Any, int]] = []
+        for (topic, partition), batch_records in records.items():
+            batch = producer.create_batch()
+            count = 0
+            for key, value, headers in batch_records:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append(((topic, partition), future, count))
+                    batch = producer.create_batch()
+                    count = 0
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                        raise ValueError(f"a record for {topic} does not fit a batch of {_BATCH_BYTES} bytes")
+                count += 1
+            if count:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append(((topic, partition), future, count))
+        delivered = await asyncio.gather(*(future for _, future, _ in sent))
+        if offsets:
+            await producer.send_offsets_to_transaction(dict(offsets), group_id)
+        await producer.commit_transaction()
+        end: int | None = None
+        for (where, _, count), metadata in zip(sent, delivered, strict=True):
+            if where == changelog:
+                end = max(end or 0, metadata.offset + count)
+        return end
+
+    async def stop(self) -> None:
+        # a fenced or broken producer may fail to stop cleanly: nothing of it can become visible anyway
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._producer.stop(), timeout=10)
