@@ -1,9 +1,46 @@
 """Redis as a materialised view of a compacted topic, for email platforms' pre-send lookups.
 
-Each record is applied idempotently (SET with PXAT at the block's ``until``, DEL for allows and tombstones), in
-pipelined batches retried until Redis answers, so an outage only delays the view: consumption of the decisions
-topic pauses while the guard itself goes on. After a failure, and whenever Redis restarts (its run_id changes),
-the view is reconciled from the compacted topic: every key we own ends up exactly as the topic's latest record.
+Records are applied in batches, one Lua script call per partition batch (EVALSHA; redis-py loads the script again
+when Redis answers NOSCRIPT, e.g. after a restart): SET with PXAT at the block's ``until``, DEL for allows, expired
+blocks and tombstones, SET for preference views. Calls are retried until Redis answers, so an outage only delays
+the view: consumption of the decisions topic pauses while the guard itself goes on. After a failure, and whenever
+Redis restarts (its run_id changes) or turns out to lack records before a batch, the view is reconciled from the
+compacted topic. Every reader reads committed: the guard writes its outputs in transactions, and an aborted one
+must never reach Redis.
+
+Why every write is conditional on the record's position. A worker frozen (SIGSTOP, a long GC pause, a VM stall)
+past the session timeout loses its partitions, but it may still hold a batch it fetched before the freeze; thawed,
+it would write that batch over the newer values the partition's new owner wrote meanwhile, and nothing would
+correct them until the key changes again. So Redis keeps, per topic partition, a watermark
+``{prefix}:view-offset:{topic}:{partition}``: the offset up to which Redis holds that partition. The script that
+applies a batch, atomically: skips every record at or below the watermark, applies the others, and raises the
+watermark to the batch's last offset. Invariant: Redis never holds a record above its partition's watermark, so a
+record above it is newer than anything Redis holds for its key, and a record at or below it is never written.
+Whoever writes last, a stale reader cannot set a key back. A missing watermark means nothing was written yet.
+
+Completeness is the other half: Redis should hold everything up to the watermark. A batch also says where it starts
+(the reader's position before it: the records of ``[start, end)`` are all there, transaction markers and
+compacted-away offsets hold none); the script refuses a batch that starts after ``watermark + 1``, because Redis
+then lacks the records between (it restarted empty and a client reconnected silently, or it was restored from an
+older copy): the view reconciles instead of leaving a hole behind a watermark that claims more.
+
+The reconcile, made safe against stale readers the same way. It reads the topic up to its last stable offset ``E``
+(a snapshot: each key's latest record and its offset) and writes the snapshot through the same script, in chunks
+sorted by offset, each raising the watermark to its own last offset (the final one to ``E - 1``): it is a batch of
+``[0, E)`` whose superseded records are left out, so a reader frozen between chunks, or before its first, and
+thawed after the new owner wrote newer records, writes none of its older ones (they are at or below the watermark
+by then). A key whose older record fell in an applied chunk while its latest lies beyond the watermark keeps its
+previous value until a reader passes that latest record (the current owner does, reading on from the watermark):
+transient, never older than Redis held before. Keys the topic no longer has at all (tombstones compacted away,
+keys from before the watermark existed) are deleted by a second script, per partition, only while the watermark
+is still ``E - 1``: if any reader has written past ``E - 1``, the scan may have seen a key it just created, and
+the deletion of that partition's stale keys is left to a later reconcile.
+
+Operational notes. Recreating a topic restarts its offsets at 0: delete its watermark keys (or use a new prefix),
+or every record at or below the old watermark is skipped. Redis must not evict keys (``maxmemory-policy
+noeviction``): an evicted view key would not come back, as its watermark says it is there. On a Redis Cluster
+(a later issue) a multi-key script must stay in one hash slot: the per-partition watermark then has to become a
+per-customer position, in a key sharing the customer's hash tag (``{customer}``).
 """
 
 from __future__ import annotations
@@ -13,6 +50,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,7 +64,53 @@ from streams.metrics import Metrics
 
 log = logging.getLogger("fatigue.redis")
 
-Record = tuple[bytes, bytes | None]
+# (offset, key, value) of one partition's record; value None is a tombstone
+Record = tuple[int, bytes, bytes | None]
+
+# KEYS[1]: the partition's watermark; KEYS[2..]: the view's keys. ARGV[1]: the first offset the call covers,
+# ARGV[2]: its last offset (the new watermark), ARGV[3]: per key one line "offset op pxat" (op 'd' DEL, 's' SET,
+# 'x' SET PXAT), ARGV[4..]: per key its value (empty for a DEL). Few arguments per key, because packing each one
+# costs the client more than the whole script costs Redis. Returns {status, sets, deletes, skipped}: status 1
+# applied, 0 all at or below the watermark, -1 a gap.
+_APPLY_LUA = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local last = tonumber(ARGV[2])
+if last <= held then return {0, 0, 0, #KEYS - 1} end
+if tonumber(ARGV[1]) > held + 1 then return {-1, 0, 0, 0} end
+local sets, dels, skipped, i = 0, 0, 0, 1
+for offset, op, pxat in string.gmatch(ARGV[3], '(%d+) (%a) (%d+)') do
+  i = i + 1
+  if tonumber(offset) > held then
+    if op == 'd' then
+      redis.call('DEL', KEYS[i])
+      dels = dels + 1
+    elseif op == 'x' then
+      redis.call('SET', KEYS[i], ARGV[i + 2], 'PXAT', pxat)
+      sets = sets + 1
+    else
+      redis.call('SET', KEYS[i], ARGV[i + 2])
+      sets = sets + 1
+    end
+  else
+    skipped = skipped + 1
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return {1, sets, dels, skipped}
+"""
+
+# KEYS[1]: the partition's watermark; KEYS[2..]: keys the topic had no record for up to ARGV[1]. Deletes them only
+# while no reader has written past ARGV[1]; returns how many were deleted, or -1 when it left them.
+_DELETE_STALE_LUA = """
+if tonumber(redis.call('GET', KEYS[1]) or '-1') > tonumber(ARGV[1]) then return -1 end
+local deleted = 0
+for i = 2, #KEYS do
+  deleted = deleted + redis.call('DEL', KEYS[i])
+end
+return deleted
+"""
+
+RECONCILE_CHUNK = 5_000  # keys per script call of a reconcile: bounds how long one call holds Redis
 
 
 def block_key(prefix: str, decision_key: bytes) -> str:
@@ -38,8 +122,29 @@ def prefs_key(prefix: str, customer_key: bytes) -> str:
     return f"{prefix}:prefs:{customer_key.decode()}"
 
 
+def watermark_key(prefix: str, topic: str, partition: int) -> str:
+    """Where Redis keeps the offset up to which it holds ``topic[partition]`` (see the module docstring)."""
+    return f"{prefix}:view-offset:{topic}:{partition}"
+
+
+@dataclass(slots=True)
+class PartitionSnapshot:
+    """One partition of a compacted topic read up to ``end`` (its last stable offset then)."""
+
+    end: int
+    latest: dict[bytes, tuple[int, bytes | None]] = field(default_factory=dict)  # key -> (offset, value)
+
+
+@dataclass(slots=True)
+class WriteResult:
+    applied: bool  # False: the call starts after the watermark + 1 (Redis lacks what came before)
+    sets: int = 0
+    deletes: int = 0
+    skipped: int = 0  # records at or below the watermark: a newer reader has written past them
+
+
 class RedisView:
-    """Applies records of one compacted topic to Redis keys."""
+    """Applies records of one compacted topic to Redis keys, each write conditional on the record's offset."""
 
     def __init__(
         self,
@@ -48,6 +153,7 @@ class RedisView:
         topic: str,
         bootstrap: str,
         partitions: int,
+        prefix: str,
         redis_key: Callable[[bytes], str],
         scan_pattern: str,
         expiring: bool,
@@ -57,28 +163,66 @@ class RedisView:
         self.topic = topic
         self.bootstrap = bootstrap
         self.partitions = partitions
+        self.prefix = prefix
         self.redis_key = redis_key
         self.scan_pattern = scan_pattern
         self.expiring = expiring
         self.metrics = metrics
+        # redis-py runs them with EVALSHA and loads them again when Redis answers NOSCRIPT (a restarted Redis)
+        self._apply_script = client.register_script(_APPLY_LUA)
+        self._delete_stale_script = client.register_script(_DELETE_STALE_LUA)
         self._run_id: str | None = None
         self._needs_reconcile = True
         self._last_check = 0.0
 
-    async def apply(self, records: Sequence[Record], owned_partitions: Callable[[], Iterable[int]]) -> None:
-        """Write ``records`` in order; on failure retry with backoff, then reconcile before going on.
+    def watermark_key(self, partition: int) -> str:
+        return watermark_key(self.prefix, self.topic, partition)
 
-        A reconcile reads the topic up to its end, past ``records``: it writes their keys' latest records (or
-        newer ones), so ``records`` are not written after it. Written then, they would set keys back until the
-        consumer reaches the newer records again, or for good for a partition that has moved to another worker
-        while Redis was away.
+    async def watermark(self, partition: int) -> int:
+        """The offset up to which Redis holds ``partition`` (-1: nothing written yet)."""
+        value = await self.client.get(self.watermark_key(partition))
+        return int(value) if value is not None else -1
+
+    async def apply(
+        self,
+        partition: int,
+        records: Sequence[Record],
+        *,
+        start: int,
+        end: int,
+        owned_partitions: Callable[[], Iterable[int]],
+    ) -> None:
+        """Write the records of ``partition`` that cover its offsets ``[start, end)`` (every record there that has
+        a key); on failure retry with backoff, then reconcile before going on.
+
+        A reconcile reads the topic up to its end, past ``records``, and raises the watermark there: written after
+        it, ``records`` are all skipped, so they cannot set keys back to older values (whether this worker still
+        owns the partition or not).
         """
         delay = 0.2
+        gap_reconciled = False
         while True:
             try:
-                if not await self._maybe_reconcile(owned_partitions):
-                    await self._write(records)
-                return
+                await self._maybe_reconcile(owned_partitions, partition)
+                result = await self._write(partition, records, start=start, end=end)
+                if result.applied:
+                    return
+                if gap_reconciled:  # the topic's end lies before the watermark + 1: recreated? (module docstring)
+                    log.error(
+                        "%s[%d]: Redis's watermark %d is still before offset %d after a reconcile; batch left out",
+                        self.topic,
+                        partition,
+                        await self.watermark(partition),
+                        start,
+                    )
+                    return
+                log.warning(
+                    "%s[%d]: Redis lacks the records before offset %d (it lost data?): reconciling",
+                    self.topic,
+                    partition,
+                    start,
+                )
+                self._needs_reconcile = gap_reconciled = True
             except (RedisError, OSError) as error:
                 self.metrics.redis_failures.inc()
                 self._needs_reconcile = True
@@ -86,46 +230,56 @@ class RedisView:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _write(self, records: Sequence[Record]) -> None:
-        if not records:
-            return
+    async def _write(self, partition: int, records: Sequence[Record], *, start: int, end: int) -> WriteResult:
+        """One script call: the records of ``[start, end)`` above the watermark, which then becomes ``end - 1``."""
+        if end <= start:
+            return WriteResult(True)
+        # only a key's last record in the batch decides what Redis holds (a hot customer's block is re-decided on
+        # every contact): one command per key, not per record
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
+        for offset, key, value in records:
+            latest[key] = (offset, value)
+        return await self._call(partition, latest.items(), start=start, last=end - 1)
+
+    async def _call(
+        self, partition: int, items: Iterable[tuple[bytes, tuple[int, bytes | None]]], *, start: int, last: int
+    ) -> WriteResult:
         now_ms = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        sets = deletes = 0
-        # only a key's last record in the batch decides what Redis holds (a hot customer's block is re-decided
-        # on every contact): one command per key, not per record
-        latest = dict(records)
-        for key, value in latest.items():
-            if self._queue(pipe, key, value, now_ms):
-                sets += 1
-            else:
-                deletes += 1
-        await pipe.execute()
+        keys: list[str] = [self.watermark_key(partition)]
+        lines: list[str] = []
+        values: list[bytes] = []
+        for key, (offset, value) in items:
+            keys.append(self.redis_key(key))
+            op, payload, pxat = self._op(value, now_ms)
+            lines.append(f"{offset} {op} {pxat}\n")
+            values.append(payload)
+        args: list[bytes | str | int] = [start, last, "".join(lines), *values]
+        status, sets, deletes, skipped = await self._apply_script(keys=keys, args=args)
+        if status < 0:
+            return WriteResult(False)
         self.metrics.redis_writes.labels(op="set").inc(sets)
         self.metrics.redis_writes.labels(op="del").inc(deletes)
+        if skipped:
+            log.debug("%s[%d]: %d records at or below Redis's watermark skipped", self.topic, partition, skipped)
+        return WriteResult(True, sets, deletes, skipped)
 
-    def _queue(self, pipe: Any, key: bytes, value: bytes | None, now_ms: int) -> bool:
-        """Queue the command for one record; True for a SET, False for a DEL."""
-        redis_key = self.redis_key(key)
+    def _op(self, value: bytes | None, now_ms: int) -> tuple[str, bytes, int]:
+        """What one record does to its key: (op, value, pxat) for the script."""
         if value is None:
-            pipe.delete(redis_key)
-            return False
+            return "d", b"", 0
         if not self.expiring:
-            pipe.set(redis_key, value)
-            return True
+            return "s", value, 0
         decision = orjson.loads(value)
         until_ms = decision.get("until_ms")
         if decision.get("action") != "block" or (until_ms is not None and until_ms <= now_ms):
-            pipe.delete(redis_key)
-            return False
+            return "d", b"", 0
         if until_ms is None:
-            pipe.set(redis_key, value)
-        else:
-            pipe.set(redis_key, value, pxat=until_ms)
-        return True
+            return "s", value, 0
+        return "x", value, int(until_ms)
 
-    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]]) -> bool:
-        """Reconcile when needed (a failure, or Redis restarted); True when it did."""
+    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]], partition: int) -> bool:
+        """Reconcile when needed (a failure, a gap, or Redis restarted); True when it did. ``partition``, whose
+        batch is in hand, is always among those reconciled."""
         now = time.monotonic()
         if not self._needs_reconcile and now - self._last_check < 5.0:
             return False
@@ -138,71 +292,110 @@ class RedisView:
             self._needs_reconcile = True
         if not self._needs_reconcile:
             return False
-        await self.reconcile(sorted(owned_partitions()))
+        await self.reconcile(sorted({*owned_partitions(), partition}))
         self._run_id = run_id
         self._needs_reconcile = False
         return True
 
     async def reconcile(self, partitions: list[int]) -> None:
-        """Make every Redis key of ``partitions`` equal the topic's latest record for it."""
+        """Make every Redis key of ``partitions`` equal the topic's latest committed record for it."""
         if not partitions:
             return
         started = time.monotonic()
-        latest = await read_latest(self.bootstrap, self.topic, partitions)
-        wanted = {self.redis_key(key): (key, value) for key, value in latest.items()}
-        await self._write(list(latest.items()))
-        # keys we own that the topic no longer has at all (e.g. tombstones already compacted away)
-        stale: list[str] = []
-        owned = set(partitions)
-        async for raw_key in self.client.scan_iter(match=self.scan_pattern, count=1000):
-            name = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            if name in wanted:
-                continue
-            topic_key = name.split(":", 2)[2].encode()
-            if partition_for_key(topic_key, self.partitions) in owned:
-                stale.append(name)
-        for start in range(0, len(stale), 1000):
-            await self.client.delete(*stale[start : start + 1000])
+        snapshots = await read_partitions(self.bootstrap, self.topic, partitions)
+        keys, stale = await self.apply_snapshots(snapshots)
         self.metrics.redis_reconciles.inc()
         log.info(
             "reconciled %s partitions %s: %d keys, %d stale removed in %.2fs",
             self.topic,
             partitions,
-            len(latest),
-            len(stale),
+            keys,
+            stale,
             time.monotonic() - started,
         )
 
+    async def apply_snapshots(self, snapshots: dict[int, PartitionSnapshot]) -> tuple[int, int]:
+        """Write snapshots read by :func:`read_partitions` (however long ago: see the module docstring), then
+        delete the partitions' keys they do not have; (keys in the snapshots, stale keys deleted)."""
+        for partition, snapshot in snapshots.items():
+            items = sorted(snapshot.latest.items(), key=lambda item: item[1][0])  # by offset
+            for begin in range(0, max(len(items), 1), RECONCILE_CHUNK):
+                chunk = items[begin : begin + RECONCILE_CHUNK]
+                final = begin + RECONCILE_CHUNK >= len(items)
+                last = snapshot.end - 1 if final else chunk[-1][1][0]
+                await self._call(partition, chunk, start=0, last=last)
+        # keys we own that the topic no longer has at all (e.g. tombstones already compacted away)
+        wanted = {self.redis_key(key) for snapshot in snapshots.values() for key in snapshot.latest}
+        stale: dict[int, list[str]] = {}
+        async for raw_key in self.client.scan_iter(match=self.scan_pattern, count=1000):
+            name = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            if name in wanted:
+                continue
+            partition = partition_for_key(name.split(":", 2)[2].encode(), self.partitions)
+            if partition in snapshots:
+                stale.setdefault(partition, []).append(name)
+        deleted = 0
+        for partition, names in stale.items():
+            for begin in range(0, len(names), 1000):
+                keys = [self.watermark_key(partition), *names[begin : begin + 1000]]
+                done = await self._delete_stale_script(keys=keys, args=[snapshots[partition].end - 1])
+                if done < 0:
+                    log.info(
+                        "%s[%d]: a newer reader wrote past offset %d during the reconcile; its stale keys are left "
+                        "to the next one",
+                        self.topic,
+                        partition,
+                        snapshots[partition].end - 1,
+                    )
+                    break
+                deleted += done
+        self.metrics.redis_writes.labels(op="del").inc(deleted)
+        return sum(len(snapshot.latest) for snapshot in snapshots.values()), deleted
 
-async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
-    """The latest record per key in ``partitions`` of a compacted topic, read from the beginning to the end."""
+
+async def read_partitions(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, PartitionSnapshot]:
+    """The latest committed record per key (with its offset) of ``partitions`` of a compacted topic, read from
+    the beginning up to the end: the last stable offset, as a read_committed consumer sees it. The position
+    passes transaction markers (and aborted records) too, so the read ends also where a marker comes last."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, partition) for partition in partitions]
         consumer.assign(tps)
-        end_offsets = await consumer.end_offsets(tps)
+        end_offsets = await consumer.end_offsets(tps)  # under read_committed: the last stable offsets
         # Explicit seeks: seek_to_beginning() right after assign() races with the reset assign() starts (to the
         # end, by default), so the read could start at the end, find nothing, and the reconcile then deleted
         # every key as stale.
-        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+        beginnings = await consumer.beginning_offsets(tps)
+        for tp, offset in beginnings.items():
             consumer.seek(tp, offset)
-        latest: dict[bytes, bytes | None] = {}
-        remaining = {tp for tp in tps if end_offsets[tp] > 0}
+        snapshots = {tp.partition: PartitionSnapshot(end_offsets[tp]) for tp in tps}
+        remaining = {tp for tp in tps if end_offsets[tp] > beginnings[tp]}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
             for tp, messages in batches.items():
+                latest = snapshots[tp.partition].latest
                 for message in messages:
                     if message.key is not None and message.offset < end_offsets[tp]:
-                        latest[message.key] = message.value
+                        latest[message.key] = (message.offset, message.value)
             for tp in list(remaining):
                 if await consumer.position(tp) >= end_offsets[tp]:
                     remaining.discard(tp)
-        return latest
+        return snapshots
     finally:
         await consumer.stop()
+
+
+async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
+    """The latest committed record per key in ``partitions`` of a compacted topic (see :func:`read_partitions`)."""
+    snapshots = await read_partitions(bootstrap, topic, partitions)
+    return {key: value for snapshot in snapshots.values() for key, (_, value) in snapshot.latest.items()}
 
 
 class ViewConsumer:
@@ -212,9 +405,12 @@ class ViewConsumer:
     never saw acknowledged; after a restart or rebalance it delivered some offsets of these topics twice and some
     never (its read-offset filter drops records behind a stale prefetch), and the group's commits on them then
     stopped for good while the records went on: the view's lag froze and every restart re-read from there. A
-    Redis write is idempotent (the latest record per key wins), so a plain consumer that commits what it has
-    written is all the view needs: at-least-once, resumed from its own group's offsets, balanced over the workers
-    independently of the guard's input partitions.
+    Redis write is idempotent (the latest record per key wins) and conditional on the record's offset, so a plain
+    consumer that commits what it has written is all the view needs: at-least-once, resumed from its own group's
+    offsets, balanced over the workers independently of the guard's input partitions. It reads committed records
+    only, and hands each partition's batch to its view with the offsets it covers (from its position before the
+    batch to its position after, transaction markers included), so the watermark and the group's offsets reach
+    the topic's end although the last offset there is a marker no consumer sees.
     """
 
     def __init__(self, views: Sequence[RedisView], *, bootstrap: str, group_id: str, batch: int) -> None:
@@ -223,10 +419,10 @@ class ViewConsumer:
         self.group_id = group_id
         self.batch = batch
         self._consumer: AIOKafkaConsumer | None = None
-        # what is in Redis: per partition, the offset after the last record written (and committed, if it could be)
+        # what is in Redis: per partition, the position after the last batch written (and committed, if it could be)
         self._written: dict[TopicPartition, int] = {}
         # held while a batch is written and committed; a revocation waits for it, so once a partition has moved
-        # to another worker this one writes nothing more of it (an older record cannot overwrite a newer one)
+        # to another worker this one starts no more writes of it (and the watermark stops any that were under way)
         self._batch_lock = asyncio.Lock()
 
     def owned_partitions(self, topic: str) -> list[int]:
@@ -245,6 +441,7 @@ class ViewConsumer:
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=self.batch,
+                isolation_level="read_committed",  # the guard's transactions: aborted ones must not reach Redis
             )
             try:
                 consumer.subscribe(list(self.views), listener=_WaitForBatch(self))
@@ -253,8 +450,8 @@ class ViewConsumer:
                 log.info("redis view consuming %s as group %s", sorted(self.views), self.group_id)
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
-                    if batches:
-                        await self._write_and_commit(consumer, batches)
+                    # also without records: the position may have passed a transaction marker
+                    await self._write_and_commit(consumer, batches)
                     delay = 1.0
             except asyncio.CancelledError:
                 raise
@@ -274,23 +471,32 @@ class ViewConsumer:
 
     async def _write_and_commit(self, consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
         async with self._batch_lock:
-            assigned = consumer.assignment()
-            for tp, messages in batches.items():
-                if tp not in assigned:  # revoked while this batch was fetched: its new owner writes it
+            offsets: dict[TopicPartition, int] = {}
+            # batches of partitions revoked while they were fetched are dropped: their new owner writes them
+            for tp in sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition)):
+                messages = batches.get(tp, [])
+                if not messages and consumer.last_stable_offset(tp) is None:
+                    continue  # nothing fetched since the assignment: its position may not be known yet
+                position = await consumer.position(tp)
+                start = self._written.get(tp)
+                if start is None:  # first batch since the assignment: the fetch started at the group's offset
+                    start = await consumer.committed(tp) or 0
+                    self._written[tp] = start
+                if not messages and position <= start:
                     continue
+                records = [(msg.offset, msg.key, msg.value) for msg in messages if msg.key is not None]
                 view = self.views[tp.topic]
-                records = [(message.key, message.value) for message in messages if message.key is not None]
-                await view.apply(records, functools.partial(self.owned_partitions, tp.topic))
-                self._written[tp] = messages[-1].offset + 1
-            offsets = {tp: self._written[tp] for tp in batches if tp in self._written and tp in assigned}
+                owned = functools.partial(self.owned_partitions, tp.topic)
+                await view.apply(tp.partition, records, start=start, end=position, owned_partitions=owned)
+                self._written[tp] = offsets[tp] = position
             if not offsets:
                 return
             try:
                 await consumer.commit(offsets)
             except KafkaError as error:
-                # the group moved on (rebalance, fenced): the records are written, the next owner writes them again
+                # the group moved on (rebalance, fenced): the records are written, the next owner skips them
                 log.info(
-                    "redis view commit failed (%s: %s); the records will be written again", type(error).__name__, error
+                    "redis view commit failed (%s: %s); the records will be read again", type(error).__name__, error
                 )
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -299,7 +505,8 @@ class ViewConsumer:
                 self._written.pop(tp, None)
 
     async def lags(self) -> dict[tuple[str, int], int]:
-        """Records not yet in Redis, per assigned partition of the view's topics."""
+        """Records not yet in Redis, per assigned partition of the view's topics (committed ones: the end offsets
+        are the last stable offsets)."""
         consumer = self._consumer
         if consumer is None:
             return {}

@@ -1,7 +1,8 @@
 """Sender-side clients: what dialers and email platforms embed to honour the guard's decisions.
 
 - :class:`BlockFollower` (dialers): bootstraps the full current block set from the compacted decisions topic, then
-  follows it live, keeping an in-memory suppression map with expiries (kafka-python, no consumer group needed).
+  follows it live, keeping an in-memory suppression map with expiries (kafka-python, no consumer group needed),
+  reading committed records only (the guard's transactions can abort).
 - :class:`PreSendCheck` (email platforms): ``is_allowed`` for one customer and a pipelined bulk ``filter`` over an
   audience, from the Redis keys the guard maintains, honouring the customer's quiet hours in their time zone.
 """
@@ -65,8 +66,14 @@ class BlockFollower:
         self.channel = channel
         self.on_change = on_change
         self.blocks: dict[str, Decision] = {}
+        # read_committed: the guard writes decisions in transactions, and an aborted one's records (still in the
+        # log) must never lift or impose a block; the end offsets are then the last stable ones
         self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         partitions = self._consumer.partitions_for_topic(topic) or set()
         if not partitions:
@@ -77,7 +84,11 @@ class BlockFollower:
         self._consumer.seek_to_beginning(*self._partitions)
 
     def bootstrap(self, timeout_s: float = 60.0) -> int:
-        """Read the topic up to its current end; returns how many blocks are in force."""
+        """Read the topic up to its current end (its last stable offset); returns how many blocks are in force.
+
+        The position passes transaction markers and aborted records too, so this ends also when the last offset
+        before the end is a marker, which no consumer ever receives.
+        """
         ends = self._consumer.end_offsets(self._partitions)
         deadline = time.monotonic() + timeout_s
         while any(self._consumer.position(tp) < ends[tp] for tp in self._partitions):

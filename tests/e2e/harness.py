@@ -173,7 +173,7 @@ class GuardDeployment:
     def group_progress(self, topic_key: str = "events") -> tuple[int, int]:
         """(offsets the group has committed, end offsets) of one of our topics, summed over partitions."""
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed")
         try:
             return self._progress(admin, consumer, topic_key)
         finally:
@@ -183,7 +183,7 @@ class GuardDeployment:
     def wait_until_committed(self, count: int, worker: str = "w1", timeout_s: float = 120.0) -> tuple[int, int]:
         """Until the group has committed at least ``count`` input offsets; (committed, end offsets) then."""
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed")
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -223,7 +223,7 @@ class GuardDeployment:
 
     def end_offsets(self, topic_key: str) -> int:
         """The number of records ever written to one of our topics (sum of end offsets)."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed")
         try:
             tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
             return sum(consumer.end_offsets(tps).values())
@@ -231,7 +231,7 @@ class GuardDeployment:
             consumer.close()
 
     def end_offsets_by_partition(self, topic_key: str) -> dict[int, int]:
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level="read_committed")
         try:
             tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
             return {tp.partition: offset for tp, offset in consumer.end_offsets(tps).items()}
@@ -400,7 +400,9 @@ class GuardDeployment:
 
     def read_topic(self, topic_key: str) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
         """Every record of one of our topics, from the beginning."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
         try:
             tps = [TopicPartition(self.topics[topic_key], p) for p in range(self.partitions)]
             consumer.assign(tps)
@@ -417,7 +419,9 @@ class GuardDeployment:
 
     def input_positions(self) -> dict[str, list[tuple[int, int]]]:
         """event_id -> every (partition, offset) of the input topic holding a message with that id."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
         try:
             tps = [TopicPartition(self.topics["events"], p) for p in range(self.partitions)]
             consumer.assign(tps)
