@@ -1,4 +1,5 @@
-"""The native core (the Rust crate in native/, built as ``fatigue._native``) as a drop-in for the offline replay.
+"""The native core (the Rust crate in native/, built as ``fatigue._native``) as a drop-in for the offline replay and
+for the pipeline's partitions.
 
 ``NativeReplay`` gives what :class:`fatigue.replay.Replay` (without partitions) gives, byte for byte: the same
 decisions, violations, rejections, states and stats (tests/unit/test_native_parity.py runs both in lock step). The
@@ -9,7 +10,11 @@ parsed by :func:`fatigue.events.parse_event` (so every rejection is Python's own
 and read back. Quiet hours are placed in the
 customer's time zone by Python's zoneinfo, so both cores read the same zone data.
 
-The Python engine stays the oracle and the only engine of the worker; the native one is for replay and backtests.
+``NativeEngine`` is :class:`fatigue.partition.PythonEngine` on the same engine and bridge, a
+:class:`fatigue.partition.CustomerEngine` for one partition of the streaming pipeline, held equal to it (and to
+``Replay(partitions=N)``) by tests/unit/test_partition.py.
+
+The Python engine stays the oracle.
 """
 
 from __future__ import annotations
@@ -26,9 +31,18 @@ import orjson
 from fatigue._native_build import DIGEST_FILE, NO_NATIVE_ENV, native_source_digest
 from fatigue.engine import Guard
 from fatigue.events import Event, Rejection, parse_event
+from fatigue.partition import (
+    PREFERENCE_TYPES,
+    DecisionRecord,
+    Loader,
+    Outcome,
+    Processed,
+    decision_record,
+    violation_record,
+)
 from fatigue.policy import Policy
 from fatigue.replay import ReplayStats
-from fatigue.state import CustomerState
+from fatigue.state import CustomerState, preferences_view
 from fatigue.timeutil import format_duration
 
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
@@ -175,6 +189,46 @@ class _Bridge:
         return local.hour * 60 + local.minute
 
 
+def _rejected(rejection: Rejection) -> tuple[Any, ...]:
+    """NativePartition.process's outcome tuple of a rejected message."""
+    reason = (rejection.reason, rejection.detail, rejection.event_id, rejection.customer_id)
+    return (reason, None, None, None, None, [], [], None, False, None, None)
+
+
+class _PartitionBridge(_Bridge):
+    """What the Rust partition (``NativePartition``) asks of the Python core besides the replay's bridge."""
+
+    @staticmethod
+    def prefs_view(state_bytes: bytes) -> bytes:
+        """The customer's preferences view (after a preference, unsubscribe or sms_stop event)."""
+        return orjson.dumps(preferences_view(CustomerState.from_bytes(state_bytes)))
+
+    def process_records(self, state_bytes: bytes | None, event: Event) -> tuple[bool, bytes | None, tuple[Any, ...]]:
+        """PythonEngine.process after parsing (an erasure): (rejected, the new state, NativePartition's outcome)."""
+        state = None if state_bytes is None else CustomerState.from_bytes(state_bytes)
+        step = self.guard.process(state, event)
+        if step.rejection is not None:
+            return True, None, _rejected(step.rejection)
+        new = step.state
+        prefs = None
+        if not step.erased and new is not None and event.type in PREFERENCE_TYPES:
+            prefs = orjson.dumps(preferences_view(new))
+        outcome = (
+            None,
+            event.customer_id,
+            event.type,
+            event.channel,
+            event.category,
+            [decision_record(decision) for decision in step.decisions],
+            [violation_record(violation) for violation in step.violations],
+            prefs,
+            step.erased,
+            None if step.erased or new is None else new.watermark_ms,
+            None if step.erased or new is None else new.next_deadline_ms(),
+        )
+        return False, None if new is None else new.to_bytes(), outcome
+
+
 class NativeStep:
     """One line's effects: decisions and violations as JSON bytes (== orjson.dumps of the Python core's dicts)."""
 
@@ -227,3 +281,56 @@ class NativeReplay:
         stats.decisions.update(dict(decisions))
         stats.violations.update(dict(violations))
         return stats
+
+
+class NativeEngine:
+    """:class:`fatigue.partition.CustomerEngine` on the native engine (see the module docstring): equal to
+    :class:`fatigue.partition.PythonEngine` in every output and in the states it hands back."""
+
+    def __init__(self, guard: Guard, loader: Loader, *, check_key: bool = True) -> None:
+        if _MODULE is None:
+            raise RuntimeError(f"the native core is not available: {UNAVAILABLE_REASON}")
+        self.guard = guard
+        self._partition = _MODULE.NativePartition(
+            policy_json(guard.policy), _PartitionBridge(guard, check_key), loader, check_key
+        )
+        self._process = self._partition.process
+
+    def process(self, raw: bytes, key: bytes | None) -> Processed:
+        (
+            rejection,
+            customer_id,
+            event_type,
+            channel,
+            category,
+            decisions,
+            violations,
+            prefs,
+            erased,
+            watermark,
+            due,
+        ) = self._process(raw, key)
+        if rejection is not None:
+            return Processed(Outcome(Rejection(*rejection)))
+        outcome = Outcome(None, customer_id, event_type, channel, category, decisions, violations, prefs, erased)
+        return Processed(outcome, watermark, due)
+
+    def advance(self, customer_id: str, now_ms: int) -> tuple[list[DecisionRecord], int | None]:
+        advanced: tuple[list[DecisionRecord], int | None] = self._partition.advance(customer_id, now_ms)
+        return advanced
+
+    def take_dirty(self) -> list[tuple[str, bytes | None]]:
+        changed: list[tuple[str, bytes | None]] = self._partition.take_dirty()
+        return changed
+
+    def evict(self, keep: int) -> int:
+        evicted: int = self._partition.evict(max(keep, 0))
+        return evicted
+
+    def resident(self) -> int:
+        resident: int = self._partition.resident()
+        return resident
+
+    def state_bytes(self, customer_id: str) -> bytes | None:
+        state: bytes | None = self._partition.state_bytes(customer_id)
+        return state

@@ -35,6 +35,8 @@ pub struct EmittedDecision {
     pub block: bool,
     pub reason: String,
     pub channel: usize,
+    pub until_ms: Option<i64>,
+    pub decided_at_ms: i64,
 }
 
 pub struct EmittedViolation {
@@ -735,6 +737,8 @@ impl Engine {
                         block: false,
                         reason: allow.reason.clone(),
                         channel,
+                        until_ms: allow.until_ms,
+                        decided_at_ms: allow.decided_at_ms,
                     });
                     state.emitted[channel] = Some(Box::new(Emitted { since: cause_ms, decision: allow }));
                     trim_due_by(state, cause_ms + late_grace_ms + 1);
@@ -831,6 +835,8 @@ impl Engine {
                 block: true,
                 reason: decision.reason.clone(),
                 channel,
+                until_ms: decision.until_ms,
+                decided_at_ms: decision.decided_at_ms,
             });
             state.emitted[channel] = Some(Box::new(Emitted { since, decision }));
         }

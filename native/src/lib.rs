@@ -1,5 +1,5 @@
 //! The compiled decision core: `fatigue/engine.py` ported for speed, verified equal to it by
-//! tests/unit/test_native_parity.py (the Python engine stays the oracle and the only engine of the worker).
+//! tests/unit/test_native_parity.py and tests/unit/test_partition.py (the Python engine stays the oracle).
 
 use pyo3::prelude::*;
 
@@ -51,6 +51,7 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
 pub mod engine;
 pub mod events;
 pub mod json;
+pub mod partition;
 pub mod policy;
 pub mod replay;
 pub mod state;
@@ -64,5 +65,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(events::format_duration_py, m)?)?;
     m.add_function(wrap_pyfunction!(events::parse_iso_ms_py, m)?)?;
     m.add_class::<replay::NativeReplay>()?;
+    m.add_class::<partition::NativePartition>()?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::events::{parse_fast, Event, EventType, Prefs, CATEGORIES, CHANNELS};
 use crate::policy::Policy;
 use crate::state::State;
 
-type RejectionTuple = (String, String, Option<String>, Option<String>);
+pub(crate) type RejectionTuple = (String, String, Option<String>, Option<String>);
 /// fatigue.native._prefs_tuple: (present, value) for opt_out, max_contacts, quiet_hours, timezone
 type Present<T> = (bool, Option<T>);
 type PrefsTuple = (Present<bool>, Present<(i64, i64)>, Present<(i64, i64)>, Present<String>);
@@ -31,14 +31,14 @@ pub struct Outcome {
 /// change at are whole quarters of an hour in every zone since the 1970s, so one lookup serves the whole quarter.
 /// None: not so for this quarter (a zone with seconds in its offset, or a change inside it), every instant in it
 /// is then looked up. Keyed by (zone, quarter); emptied when large.
-type ZoneOffsets = HashMap<(String, i64), Option<i64>, ahash::RandomState>;
+pub(crate) type ZoneOffsets = HashMap<(String, i64), Option<i64>, ahash::RandomState>;
 
 const QUARTER_MS: i64 = 900_000;
 const MAX_ZONE_OFFSETS: usize = 1 << 20;
 
-struct BridgeClock<'a, 'py> {
-    bridge: &'a Bound<'py, PyAny>,
-    offsets: &'a RefCell<ZoneOffsets>,
+pub(crate) struct BridgeClock<'a, 'py> {
+    pub(crate) bridge: &'a Bound<'py, PyAny>,
+    pub(crate) offsets: &'a RefCell<ZoneOffsets>,
 }
 
 impl BridgeClock<'_, '_> {
@@ -116,8 +116,58 @@ fn present<T>((given, value): (bool, Option<T>)) -> Option<Option<T>> {
     }
 }
 
-fn channel_index(name: &str) -> PyResult<usize> {
+pub(crate) fn channel_index(name: &str) -> PyResult<usize> {
     CHANNELS.iter().position(|known| *known == name).ok_or_else(|| PyValueError::new_err(format!("channel {name}")))
+}
+
+/// An event of a type the native engine decides, from the tuple fatigue.native's bridge `parse` returns for it
+/// (kind 1: (1, type, event_id, customer_id, ts_ms, channel, category, sender, campaign, ref, duration_s, answered,
+/// machine, prefs)).
+pub(crate) fn event_from_parsed(parsed: &Bound<'_, PyTuple>) -> PyResult<Event> {
+    let type_name: String = parsed.get_item(1)?.extract()?;
+    let channel: Option<String> = parsed.get_item(5)?.extract()?;
+    let category: String = parsed.get_item(6)?.extract()?;
+    let kind = match type_name.as_str() {
+        "contact" => EventType::Contact,
+        "call_ended" => EventType::CallEnded,
+        "email_opened" => EventType::EmailOpened,
+        "unsubscribe" => EventType::Unsubscribe,
+        "complaint" => EventType::Complaint,
+        "sms_stop" => EventType::SmsStop,
+        "preference" => EventType::Preference,
+        other => return Err(PyValueError::new_err(format!("event type {other}"))),
+    };
+    let channel = channel.as_deref().map(channel_index).transpose()?;
+    let prefs = if kind == EventType::Preference {
+        let (opt_out, max_contacts, quiet_hours, timezone): PrefsTuple = parsed.get_item(13)?.extract()?;
+        Some(Prefs {
+            channel,
+            opt_out: present(opt_out).flatten(),
+            max_contacts: present(max_contacts),
+            quiet_hours: present(quiet_hours),
+            timezone: present(timezone),
+        })
+    } else {
+        None
+    };
+    Ok(Event {
+        kind,
+        event_id: parsed.get_item(2)?.extract()?,
+        customer_id: parsed.get_item(3)?.extract()?,
+        ts_ms: parsed.get_item(4)?.extract()?,
+        channel: channel.unwrap_or(0),
+        category: CATEGORIES
+            .iter()
+            .position(|known| *known == category)
+            .ok_or_else(|| PyValueError::new_err(format!("category {category}")))?,
+        sender: parsed.get_item(7)?.extract()?,
+        campaign: parsed.get_item(8)?.extract()?,
+        reference: parsed.get_item(9)?.extract()?,
+        duration_s: parsed.get_item(10)?.extract()?,
+        answered: parsed.get_item(11)?.extract()?,
+        machine: parsed.get_item(12)?.extract()?,
+        prefs,
+    })
 }
 
 impl NativeReplay {
@@ -151,50 +201,7 @@ impl NativeReplay {
                 Ok(Outcome { rejection: Some(rejection), ..Outcome::default() })
             }
             1 => {
-                let type_name: String = parsed.get_item(1)?.extract()?;
-                let channel: Option<String> = parsed.get_item(5)?.extract()?;
-                let category: String = parsed.get_item(6)?.extract()?;
-                let kind = match type_name.as_str() {
-                    "contact" => EventType::Contact,
-                    "call_ended" => EventType::CallEnded,
-                    "email_opened" => EventType::EmailOpened,
-                    "unsubscribe" => EventType::Unsubscribe,
-                    "complaint" => EventType::Complaint,
-                    "sms_stop" => EventType::SmsStop,
-                    "preference" => EventType::Preference,
-                    other => return Err(PyValueError::new_err(format!("event type {other}"))),
-                };
-                let channel = channel.as_deref().map(channel_index).transpose()?;
-                let prefs = if kind == EventType::Preference {
-                    let (opt_out, max_contacts, quiet_hours, timezone): PrefsTuple = parsed.get_item(13)?.extract()?;
-                    Some(Prefs {
-                        channel,
-                        opt_out: present(opt_out).flatten(),
-                        max_contacts: present(max_contacts),
-                        quiet_hours: present(quiet_hours),
-                        timezone: present(timezone),
-                    })
-                } else {
-                    None
-                };
-                let event = Event {
-                    kind,
-                    event_id: parsed.get_item(2)?.extract()?,
-                    customer_id: parsed.get_item(3)?.extract()?,
-                    ts_ms: parsed.get_item(4)?.extract()?,
-                    channel: channel.unwrap_or(0),
-                    category: CATEGORIES
-                        .iter()
-                        .position(|known| *known == category)
-                        .ok_or_else(|| PyValueError::new_err(format!("category {category}")))?,
-                    sender: parsed.get_item(7)?.extract()?,
-                    campaign: parsed.get_item(8)?.extract()?,
-                    reference: parsed.get_item(9)?.extract()?,
-                    duration_s: parsed.get_item(10)?.extract()?,
-                    answered: parsed.get_item(11)?.extract()?,
-                    machine: parsed.get_item(12)?.extract()?,
-                    prefs,
-                };
+                let event = event_from_parsed(parsed)?;
                 Ok(self.apply(py, &event))
             }
             _ => {
@@ -293,7 +300,7 @@ impl NativeReplay {
     }
 }
 
-fn utf8(bytes: &Bound<'_, PyBytes>) -> PyResult<String> {
+pub(crate) fn utf8(bytes: &Bound<'_, PyBytes>) -> PyResult<String> {
     std::str::from_utf8(bytes.as_bytes()).map(str::to_owned).map_err(|error| PyValueError::new_err(error.to_string()))
 }
 

@@ -287,3 +287,24 @@ def test_wall_clock_firing_equals_the_replays_finish() -> None:
     expected = sorted(orjson.dumps(d) for d in replay.finish(bound))
     fired = sorted(record[1] for driver in drivers for record in driver.fire(bound))
     assert expected and fired == expected
+
+
+def test_native_engine_reads_a_store_of_bytes_like_values() -> None:
+    """A store may hand out bytearray or memoryview rather than bytes; a state it lacks is held as absent."""
+    guard = Guard(load_policy("config/policies/default.toml"))
+    python = PythonEngine(guard, lambda _: None)
+    for key, value in generate_messages(500, 20, seed=3, start_ms=START_MS, span_days=5):
+        python.process(value, key)
+    stored = dict(python.take_dirty())
+    assert stored
+    for wrap in (bytes, bytearray, memoryview):
+        store = {customer: wrap(raw) for customer, raw in stored.items() if raw is not None}
+        native = native_engine(guard, store.get)
+        for customer, raw in stored.items():
+            assert native.state_bytes(customer) == raw
+        assert native.state_bytes("nobody") is None
+        assert native.advance("nobody", START_MS + 9 * DAY) == ([], None)
+        assert native.resident() == len(stored) + 1
+        assert native.take_dirty() == []
+        assert native.evict(0) == len(stored) + 1
+        assert native.resident() == 0
