@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -82,6 +81,11 @@ class Metrics:
             "fatigue_transaction_seconds",
             "Time to write and commit one partition's transaction",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.input_skipped = Counter(
+            "fatigue_input_skipped_records_total",
+            "Input offsets deleted by retention before the worker read them (their events were never handled)",
             registry=r,
         )
         self.restored_records = Counter(
@@ -302,78 +306,3 @@ class ActiveBlocks:
     def publish(self, gauge: Gauge, now_ms: int) -> None:
         for channel, count in zip(CHANNELS, self.counts(now_ms), strict=True):
             gauge.labels(channel=channel).set(count)
-
-
-def install_faust_sensor(app: Any, registry: CollectorRegistry) -> None:
-    """Faust's own Prometheus sensor (rebalances, commits, sends, per-topic receive counts) in our registry.
-
-    Series are prefixed ``faust_``. Faust names one histogram ``..._events_runtime_ms``, which Prometheus' linter
-    rejects (abbreviated unit): it is registered as ``faust_events_runtime_latency`` instead, in milliseconds like
-    faust's other ``*_latency`` histograms. We serve /metrics ourselves, so faust's page is not installed.
-    """
-    from faust.sensors.monitor import Monitor
-    from faust.sensors.prometheus import MS_LATENCY_BUCKETS, FaustMetrics, PrometheusMonitor
-
-    class LeanPrometheusMonitor(PrometheusMonitor):
-        """The same series, but the hooks called for every message look their labelled series up once.
-
-        Faust's sensor calls ``labels()`` several times per input message and per output message; under load
-        that was a tenth of the worker's time (py-spy, bench/stack_bench.py --profile).
-        """
-
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            # not "_children": mode's Service (a base of faust's Monitor) keeps its child services there
-            self._series: dict[tuple[Any, ...], Any] = {}
-
-        def _child(self, metric: Any, *values: Any) -> Any:
-            key = (id(metric), *values)
-            child = self._series.get(key)
-            if child is None:
-                child = self._series[key] = metric.labels(*values)
-            return child
-
-        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-            Monitor.on_message_in(self, tp, offset, message)
-            metrics = self._metrics
-            metrics.messages_received.inc()
-            metrics.active_messages.inc()
-            self._child(metrics.messages_received_per_topics, tp.topic).inc()
-            self._child(metrics.messages_received_per_topics_partition, tp.topic, tp.partition).set(offset)
-
-        def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
-            state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
-            metrics = self._metrics
-            metrics.total_events.inc()
-            metrics.total_active_events.inc()
-            label = self._series.get(("stream", id(stream)))
-            if label is None:
-                label = self._series[("stream", id(stream))] = f"stream.{self._stream_label(stream)}.events"
-            self._child(metrics.total_events_per_stream, label).inc()
-            return state
-
-        def on_table_get(self, table: Any, key: Any) -> None:
-            Monitor.on_table_get(self, table, key)
-            self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_RETRIEVED).inc()
-
-        def on_table_set(self, table: Any, key: Any, value: Any) -> None:
-            Monitor.on_table_set(self, table, key, value)
-            self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_UPDATED).inc()
-
-        def on_table_del(self, table: Any, key: Any) -> None:
-            Monitor.on_table_del(self, table, key)
-            self._child(self._metrics.table_operations, f"table.{table.name}", self.KEYS_DELETED).inc()
-
-        def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> Any:
-            self._child(self._metrics.topic_messages_sent, f"topic.{topic}").inc()
-            return Monitor.on_send_initiated(self, producer, topic, message, keysize, valsize)
-
-    faust_metrics = FaustMetrics.create(registry, "faust")
-    registry.unregister(faust_metrics.events_runtime_latency)
-    runtime = Histogram(
-        "faust_events_runtime_latency",
-        "Events runtime in ms (faust's events_runtime_ms)",
-        buckets=MS_LATENCY_BUCKETS,
-        registry=registry,
-    )
-    app.monitor = LeanPrometheusMonitor(metrics=faust_metrics._replace(events_runtime_latency=runtime))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, OffsetOutOfRangeError
 
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
@@ -92,7 +92,8 @@ class Pipeline:
             group_id=settings.app_id,
             client_id=f"{settings.app_id}-pipeline",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # not reset silently: input deleted by retention before it was read is reported (see _read_past_deleted)
+            auto_offset_reset="none",
             isolation_level="read_committed",
             max_poll_records=settings.input_batch,
             session_timeout_ms=int(settings.session_timeout_s * 1000),
@@ -146,9 +147,15 @@ class Pipeline:
         if self.to_set_up:
             await self._set_up_due()
         # 2. a batch from the ready partitions
-        batches = await consumer.getmany(
-            timeout_ms=int(self.settings.input_batch_wait_s * 1000), max_records=self.settings.input_batch
-        )
+        try:
+            batches = await consumer.getmany(
+                timeout_ms=int(self.settings.input_batch_wait_s * 1000), max_records=self.settings.input_batch
+            )
+        except OffsetOutOfRangeError as error:
+            positions: dict[TopicPartition, int] = error.args[0] if error.args else {}
+            for tp, offset in positions.items():
+                await self._read_past_deleted(tp, offset)
+            return
         async with self.lock:
             if self._stopping:
                 return
@@ -336,7 +343,7 @@ class Pipeline:
             if committed is None:
                 await consumer.seek_to_beginning(tp)
             else:
-                consumer.seek(tp, committed)
+                committed = await self._read_past_deleted(tp, committed)
             task.next_offset = committed
             task.committed_offset = committed
             self.tasks[partition] = task
@@ -352,6 +359,26 @@ class Pipeline:
             restored,
             committed,
         )
+
+    async def _read_past_deleted(self, tp: TopicPartition, offset: int) -> int:
+        """Seek ``tp`` to ``offset``, or past the records retention deleted before they were read: reported,
+        never silent (a warning naming the offsets, and the metric behind the FatigueGuardInputSkipped alert)."""
+        consumer = self.consumer
+        assert consumer is not None
+        beginning = (await consumer.beginning_offsets([tp]))[tp]
+        if offset < beginning:
+            log.warning(
+                "input partition %d: offsets %d..%d no longer exist (deleted by retention before they were read); "
+                "reading on from %d",
+                tp.partition,
+                offset,
+                beginning - 1,
+                beginning,
+            )
+            self.metrics.input_skipped.inc(beginning - offset)
+            offset = beginning
+        consumer.seek(tp, offset)
+        return offset
 
     def _new_task(self, partition: int, store: PartitionStore) -> PartitionTask:
         def load(customer_id: str) -> bytes | None:
