@@ -28,7 +28,7 @@ from fatigue.partition import CustomerEngine, Loader, PythonEngine
 from fatigue.policy import Policy
 from fatigue.state import CustomerState
 from streams.gauges import refresh_gauges
-from streams.metrics import Metrics, install_faust_sensor
+from streams.metrics import Metrics
 from streams.pipeline import EngineFactory, Pipeline
 from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
 from streams.settings import Settings
@@ -122,7 +122,6 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         web_host=settings.web_host,
         autodiscover=False,
     )
-    install_faust_sensor(app, metrics.registry)
     redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     views = ViewConsumer(
         [

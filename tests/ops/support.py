@@ -7,13 +7,12 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 
-from streams.metrics import Metrics, install_faust_sensor
+from streams.metrics import Metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -96,9 +95,8 @@ def alert_rules() -> list[dict[str, Any]]:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name a worker can expose on /metrics (our metrics, faust's sensor, the process collector)."""
+    """Every series name a worker can expose on /metrics (our metrics and the process collector)."""
     metrics = Metrics()
-    install_faust_sensor(SimpleNamespace(), metrics.registry)
     names: set[str] = {"up"}
     for family in metrics.registry.collect():
         if family.type == "counter":

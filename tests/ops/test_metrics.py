@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from types import SimpleNamespace
+from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -13,6 +14,7 @@ from fatigue.events import CHANNELS, Rejection, parse_event
 from fatigue.generate import generate_messages
 from fatigue.state import CustomerState
 from fatigue.testing import DAY, HOUR, policy_named
+from streams.app import create_app
 from streams.metrics import (
     INDEFINITE,
     NO_BLOCKS,
@@ -21,8 +23,8 @@ from streams.metrics import (
     ActiveBlocks,
     Metrics,
     block_untils,
-    install_faust_sensor,
 )
+from streams.settings import settings_from
 from tests.ops.support import tool
 
 T = 1_790_000_000_000  # a whole second
@@ -137,9 +139,8 @@ def test_lag_and_state_series_of_partitions_moved_away_disappear():
     assert "fatigue_state_store_bytes{" not in text
 
 
-def test_exposition_with_faust_sensor_passes_promtool_lint():
+def test_exposition_passes_promtool_lint():
     metrics = Metrics()
-    install_faust_sensor(SimpleNamespace(), metrics.registry)
     metrics.events.labels(type="contact", channel="email", category="marketing").inc()
     metrics.rejected.labels(reason="bad_json").inc()
     metrics.decisions.labels(action="block", reason="channel_cap", channel="sms").inc()
@@ -149,6 +150,10 @@ def test_exposition_with_faust_sensor_passes_promtool_lint():
     metrics.set_consumer_lag({("fatigue.events.v1", 0): 3})
     metrics.set_state_size({0: 10}, {0: 4096})
     metrics.policy_info.labels(version="default-2026.11.1").set(1)
+    metrics.core_info.labels(flavour="native").set(1)
+    metrics.transactions.labels(outcome="committed").inc()
+    metrics.transaction_seconds.observe(0.03)
+    metrics.restored_records.inc(120)
     result = subprocess.run(
         [tool("promtool"), "check", "metrics"], input=generate_latest(metrics.registry), capture_output=True
     )
@@ -158,9 +163,8 @@ def test_exposition_with_faust_sensor_passes_promtool_lint():
 def test_no_label_can_carry_a_customer_id():
     """Every label name is one with a bounded set of values (customer ids are neither bounded nor anonymous)."""
     metrics = Metrics()
-    install_faust_sensor(SimpleNamespace(), metrics.registry)
     allowed = {"type", "channel", "category", "reason", "action", "kind", "sender", "clock", "op", "partition"}
-    allowed |= {"topic", "version", "flavour", "table", "operation", "stream", "metric", "status_code", "le"}
+    allowed |= {"topic", "version", "flavour", "outcome", "le"}
     declared = {
         label
         for metric in vars(metrics).values()
@@ -168,6 +172,25 @@ def test_no_label_can_carry_a_customer_id():
         for label in metric._labelnames
     }
     assert declared <= allowed - {"le"}
-    for family in metrics.registry.collect():  # faust's sensor too
+    for family in metrics.registry.collect():
         for sample in family.samples:
             assert set(sample.labels) <= allowed, (family.name, sample.labels)
+
+
+@pytest.mark.parametrize("engine", ["auto", "python"])
+def test_the_worker_exports_its_engine_transaction_outcomes_and_no_faust_series(engine: str, tmp_path: Path):
+    """The worker's registry as create_app builds it (nothing connects before start): fatigue_core_info names the
+    engine; the transaction outcomes exist at 0 from the start (so increase() sees the first fenced or failed one);
+    Faust only hosts the worker, so no faust_* series are exported (they would never move)."""
+    settings = settings_from(["--data-dir", str(tmp_path), "--engine", engine], environ={})
+    _, pipeline = create_app(settings, policy_named("default"))
+    text = generate_latest(pipeline.metrics.registry).decode()
+    flavours = [line.split('"')[1] for line in text.splitlines() if line.startswith("fatigue_core_info{flavour=")]
+    assert len(flavours) == 1 and flavours[0] in {"native", "python-compiled", "python-pure"}, flavours
+    if engine == "python":
+        assert flavours[0].startswith("python-")
+    for outcome in ("committed", "fenced", "failed"):
+        assert f'fatigue_transactions_total{{outcome="{outcome}"}} 0.0' in text
+    assert "fatigue_transaction_seconds_count 0.0" in text
+    assert "fatigue_restored_records_total 0.0" in text
+    assert "faust_" not in text
