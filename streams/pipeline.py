@@ -33,6 +33,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, OffsetOutOfRangeError
 
+from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
 from streams.collector import RecordCollector, Topics
@@ -425,11 +426,12 @@ class Pipeline:
                 lags[(self.topics.events, partition)] = max(end - (done or 0), 0)
         return lags
 
+    def partition_of(self, customer_id: str) -> int:
+        return partition_for_key(customer_id.encode(), self.settings.partitions)
+
     def state_bytes(self, customer_id: str) -> bytes | None:
         """A customer's committed state on this worker (None: not here, or unknown)."""
-        from fatigue.clock import partition_for_key
-
-        partition = partition_for_key(customer_id.encode(), self.settings.partitions)
+        partition = self.partition_of(customer_id)
         store = self.stores.get(partition)
         if store is None or partition not in self.tasks:
             return None

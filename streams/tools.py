@@ -205,29 +205,50 @@ def erase_main(argv: list[str]) -> int:
 
 
 def inspect_main(argv: list[str]) -> int:
-    """Explain what the guard holds about one customer (right of access), from any running worker."""
+    """Explain what the guard holds about one customer (right of access), from the worker that owns it."""
     parser = argparse.ArgumentParser(prog="fatigue inspect", description=inspect_main.__doc__)
     parser.add_argument("customer_id")
-    parser.add_argument("--url", default=os.environ.get("FATIGUE_WORKER_URL", "http://127.0.0.1:6066"))
+    parser.add_argument(
+        "--url",
+        action="append",
+        help="a worker's web address; repeat it (or comma-separate FATIGUE_WORKER_URL) for every worker: the one "
+        "that owns the customer's partition answers (default http://127.0.0.1:6066)",
+    )
     args = parser.parse_args(argv)
+    urls = args.url or os.environ.get("FATIGUE_WORKER_URL", "http://127.0.0.1:6066").split(",")
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    address = f"{args.url.rstrip('/')}/customers/{urllib.parse.quote(args.customer_id, safe='')}/"
-    try:
-        with urllib.request.urlopen(address, timeout=10) as response:
-            body = response.read()
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            print(f"the guard holds nothing about {args.customer_id}", file=sys.stderr)
-            return 1
-        print(f"fatigue inspect: the worker at {args.url} answered {error.code} {error.reason}", file=sys.stderr)
-        return 2
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        message = f"fatigue inspect: no worker answers at {args.url} ({reason}); set --url or FATIGUE_WORKER_URL"
-        print(message, file=sys.stderr)
-        return 2
-    sys.stdout.buffer.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
-    return 0
+    unreachable: list[str] = []
+    for url in urls:
+        address = f"{url.rstrip('/')}/customers/{urllib.parse.quote(args.customer_id, safe='')}/"
+        try:
+            with urllib.request.urlopen(address, timeout=10) as response:
+                body = response.read()
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                answer = orjson.loads(error.read() or b"{}")
+                if answer.get("error") == "unknown customer":  # the owner holds nothing
+                    print(f"the guard holds nothing about {args.customer_id}", file=sys.stderr)
+                    return 1
+                continue  # another worker owns the customer's partition
+            print(f"fatigue inspect: the worker at {url} answered {error.code} {error.reason}", file=sys.stderr)
+            return 2
+        except (urllib.error.URLError, OSError) as error:
+            unreachable.append(f"{url} ({getattr(error, 'reason', error)})")
+            continue
+        sys.stdout.buffer.write(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    if unreachable:
+        print(
+            f"fatigue inspect: no worker answers at {', '.join(unreachable)}; set --url or FATIGUE_WORKER_URL",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"fatigue inspect: none of {', '.join(urls)} owns {args.customer_id}'s partition now; give every "
+            "worker's --url",
+            file=sys.stderr,
+        )
+    return 2
