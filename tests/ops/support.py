@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "tests" / "alerts_test.yml"
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
 SCRAPE_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "fatigue-guard.json"
 COMPOSE = DEPLOY / "docker-compose.yml"

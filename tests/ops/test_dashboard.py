@@ -37,6 +37,11 @@ COVERED = {
     "fatigue_state_customers",
     "fatigue_state_store_bytes",
     "fatigue_state_bytes_bucket",
+    "fatigue_core_info",
+    "fatigue_input_skipped_records_total",
+    "fatigue_transactions_total",
+    "fatigue_transaction_seconds_bucket",
+    "fatigue_restored_records_total",
 }
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kafka import KafkaConsumer, TopicPartition
 
 from fatigue.generate import generate_messages
 from tests.e2e.harness import GuardDeployment, free_port
@@ -43,8 +45,15 @@ KEY_SERIES = {
     "fatigue_redis_failures_total": "Redis write failures",
     "fatigue_redis_reconciles_total > 0": "Redis reconcile runs",
     "sum(fatigue_state_customers) > 0": "state size",
-    "sum(faust_messages_received_per_topic_total) > 0": "faust's own sensor",
+    'sum(fatigue_transactions_total{outcome="committed"}) > 0': "the pipeline's transactions by outcome",
+    "sum(fatigue_transaction_seconds_count) > 0": "transaction time histogram",
+    'fatigue_transactions_total{outcome=~"fenced|failed"} == 0': "fenced and failed transactions, from the start",
+    "fatigue_restored_records_total": "changelog records restored (none here: see the wiped-store test)",
+    "fatigue_input_skipped_records_total == 0": "input deleted before it was read (none here)",
+    'fatigue_core_info{flavour=~"native|python-compiled|python-pure"} == 1': "the engine the worker runs",
 }
+# Faust only hosts the worker (web server, timers): it runs no consumer, so it has no series of its own to show
+NOT_EXPORTED = re.compile(rb"^faust_", re.M)
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
@@ -194,6 +203,7 @@ def test_prometheus_scrapes_a_worker_under_load(guard: tuple[GuardDeployment, in
                 lint = subprocess.run([tool("promtool"), "check", "metrics"], input=exposition, capture_output=True)
                 assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()
                 assert b"fatigue_events_total{" in exposition or not lags  # traffic reaches the metrics
+                assert not NOT_EXPORTED.search(exposition)
                 lags.append(lag_total(exposition.decode()))
                 time.sleep(1.5)
             assert max(lags) > 0, f"the worker was not under load while scraped (lag {lags})"
@@ -210,6 +220,10 @@ def test_prometheus_scrapes_a_worker_under_load(guard: tuple[GuardDeployment, in
             assert {series["metric"]["channel"] for series in blocked} >= {"email", "sms", "call"}
             senders = {series["metric"]["sender"] for series in prometheus.query("fatigue_violations_total")}
             assert senders >= {"crm", "newsletter"} and not any(name.startswith("cust-") for name in senders)
+            # the transactions Prometheus counted are the ones the worker committed: one per partition and batch,
+            # at least one per partition that had input, each partition's whole input in them
+            committed = prometheus.query('sum(fatigue_transactions_total{outcome="committed"})')
+            assert float(committed[0]["value"][1]) >= deployment.partitions
 
             # --- every dashboard query returns series
             queries = [
@@ -237,8 +251,77 @@ def test_prometheus_scrapes_a_worker_under_load(guard: tuple[GuardDeployment, in
         assert all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules), rules
         firing = {series["metric"]["alertname"] for series in prometheus.query('ALERTS{alertstate="firing"}')}
         assert not firing & {"FatigueGuardWorkerDown", "FatigueGuardNoWorkers"}
+        # one worker that owns every partition: nobody fences it, and its transactions commit
+        assert not prometheus.query('sum(fatigue_transactions_total{outcome=~"fenced|failed"}) > 0')
+        assert not firing & {"FatigueGuardWorkerFenced", "FatigueGuardTransactionsFailing", "FatigueGuardInputSkipped"}
     finally:
         prometheus.stop()
+
+
+def scraped_value(exposition: str, series: str) -> float:
+    found = re.search(rf"^{re.escape(series)} (\S+)$", exposition, re.M)
+    assert found is not None, series
+    return float(found.group(1))
+
+
+def test_a_worker_with_a_wiped_store_counts_the_changelog_records_it_restores(guard: tuple[GuardDeployment, int]):
+    """fatigue_restored_records_total moves when a worker sets a partition up from the changelog: after a restart
+    with its local store wiped (a new volume), it counts exactly the records its restore log lines report, which
+    are the changelog records the first run committed."""
+    deployment, first_port = guard
+    now_ms = int(time.time() * 1000)
+    sent = deployment.produce(generate_messages(3_000, 200, 11, start_ms=now_ms - 3_600_000, span_days=1 / 24))
+    deployment.wait_until_committed(sent)
+
+    def views_reconciled() -> bool:  # both Redis views (decisions, prefs) are past their start-up reconcile
+        exposition = http_get(f"http://127.0.0.1:{first_port}/metrics").decode()
+        return scraped_value(exposition, "fatigue_redis_reconciles_total") >= 2
+
+    wait_for("the Redis views' start-up reconciles", views_reconciled, 60)
+    assert deployment.stop_worker("w1") == 0
+    changelog = changelog_records(deployment)  # the restarted worker's quiet-partition timers may add to it later
+    shutil.rmtree(deployment.data_dir("w1"))
+    log_offset = deployment.log_size("w1")
+    web_port = free_port()
+    process = deployment.start_worker("w1", "--web-port", str(web_port))
+
+    def every_partition_set_up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited {process.returncode}:\n{deployment.log_tail('w1')}")
+        health = json.loads(http_get(f"http://127.0.0.1:{web_port}/health"))
+        return len(health["partitions"]) == deployment.partitions
+
+    wait_for("every partition set up again", every_partition_set_up, 120)
+    exposition = http_get(f"http://127.0.0.1:{web_port}/metrics").decode()
+    restored = scraped_value(exposition, "fatigue_restored_records_total")
+    ready = r"partition (\d+) ready in \S+: .*?, (\d+) changelog records restored"
+    logged = re.findall(ready, deployment.log_since("w1", log_offset))
+    assert {int(partition) for partition, _ in logged} == set(range(deployment.partitions))
+    assert restored == sum(int(count) for _, count in logged)
+    assert restored == changelog > 0
+    assert scraped_value(exposition, 'fatigue_transactions_total{outcome="fenced"}') == 0
+
+
+def changelog_records(deployment: GuardDeployment) -> int:
+    """The committed records of the guard's state changelog (transaction markers and aborted records left out)."""
+    topic = f"{deployment.name}-customer-state-v1-changelog"
+    consumer = KafkaConsumer(
+        bootstrap_servers=deployment.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    try:
+        tps = [TopicPartition(topic, partition) for partition in range(deployment.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        count = 0
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "the changelog was not read in 60 s"
+            for records in consumer.poll(timeout_ms=500).values():
+                count += len(records)
+        return count
+    finally:
+        consumer.close()
 
 
 def test_the_image_healthcheck_command_passes_against_a_live_worker(guard: tuple[GuardDeployment, int]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from streams.metrics import (
     block_untils,
 )
 from streams.settings import settings_from
-from tests.ops.support import tool
+from tests.ops.support import OPERATIONS_DOC, tool
 
 T = 1_790_000_000_000  # a whole second
 
@@ -194,3 +195,15 @@ def test_the_worker_exports_its_engine_transaction_outcomes_and_no_faust_series(
     assert "fatigue_transaction_seconds_count 0.0" in text
     assert "fatigue_restored_records_total 0.0" in text
     assert "faust_" not in text
+
+
+def test_docs_list_every_series_the_worker_exports_and_no_other():
+    """docs/operations.md names each of the worker's series (counters with _total, histograms by family name) and
+    no fatigue_* series the worker does not export (such as ones a rewrite removed)."""
+    exported = set()
+    for family in Metrics().registry.collect():
+        if family.name.startswith("fatigue_"):
+            exported.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    documented = set(re.findall(r"`(fatigue_[a-z0-9_]+)", OPERATIONS_DOC.read_text()))
+    assert exported - documented == set(), "exported but not in docs/operations.md"
+    assert documented - exported == set(), "in docs/operations.md but not exported"

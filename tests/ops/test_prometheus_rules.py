@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.ops.support import (
@@ -9,6 +10,7 @@ from tests.ops.support import (
     ALERTS,
     DEPLOY,
     JOB,
+    OPERATIONS_DOC,
     SCRAPE_CONFIG,
     alert_rules,
     load_yaml,
@@ -25,6 +27,9 @@ REQUIRED_ALERTS = {
     "FatigueGuardDeadLetterRate",
     "FatigueGuardRedisSinkFailing",
     "FatigueGuardInputSkipped",
+    "FatigueGuardWorkerFenced",
+    "FatigueGuardTransactionsFailing",
+    "FatigueGuardTransactionsSlow",
     "FatigueGuardViolationSpike",
 }
 
@@ -57,6 +62,11 @@ def test_every_alert_is_unit_tested_and_documented():
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
         assert f'job="{JOB}"' in rule["expr"], rule["alert"]
+
+
+def test_docs_list_exactly_the_alerts():
+    documented = set(re.findall(r"^\| `(FatigueGuard[A-Za-z]+)` \|", OPERATIONS_DOC.read_text(), re.M))
+    assert documented == REQUIRED_ALERTS
 
 
 def test_alerts_only_use_series_the_worker_exposes():
