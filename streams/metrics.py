@@ -138,7 +138,8 @@ class Metrics:
         )
         self.core_info = Gauge(
             "fatigue_core_info",
-            "The decision core this worker runs (value 1): compiled by mypyc, or pure Python (slower, same outputs)",
+            "The decision core this worker runs (value 1): native (the Rust port), python-compiled (mypyc) or "
+            "python-pure; all give the same outputs",
             ["flavour"],
             registry=r,
         )

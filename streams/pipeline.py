@@ -128,7 +128,10 @@ class Pipeline:
             await self._await_in_flight()  # the batch in hand is committed
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            await consumer.stop()  # revokes (see on_revoked) and leaves the group
+            try:  # revokes (see on_revoked) and leaves the group, so the partitions move at once
+                await asyncio.wait_for(consumer.stop(), timeout=30)
+            except Exception as error:  # the group then drops us after the session timeout
+                log.warning("the pipeline's consumer did not stop cleanly: %s", error)
         async with self.lock:
             await self._stop_producers(list(self.producers))
             if self._restorer is not None:

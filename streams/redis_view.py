@@ -46,6 +46,7 @@ per-customer position, in a key sharing the customer's hash tag (``{customer}``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -389,7 +390,9 @@ async def read_partitions(bootstrap: str, topic: str, partitions: list[int]) -> 
                     remaining.discard(tp)
         return snapshots
     finally:
-        await consumer.stop()
+        # bounded: a stop during a worker's shutdown must not hold the shutdown up
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), timeout=10)
 
 
 async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
@@ -465,7 +468,8 @@ class ViewConsumer:
                 self._consumer = None
                 self._written.clear()
                 try:
-                    await consumer.stop()
+                    # bounded: a stop during a worker's shutdown must not hold the shutdown up
+                    await asyncio.wait_for(consumer.stop(), timeout=10)
                 except Exception as error:  # already broken: nothing more to release
                     log.debug("stopping the redis view consumer: %s", error)
 

@@ -326,7 +326,7 @@ def _hostile(seed: int) -> Messages:
     return rest + _drawn_by_hypothesis(examples=300) + hot
 
 
-@pytest.mark.timeout(600 + HOT_EVENTS // 2000)
+@pytest.mark.timeout(300 + HOT_EVENTS // 5000)
 def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_lettered(
     deployment_factory: Callable[..., GuardDeployment],
 ):
@@ -340,7 +340,13 @@ def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_let
     deployment.produce(messages)
     produced = time.monotonic()
     print(f"\n{len(messages):,} messages generated in {generated - started:.1f}s, sent in {produced - generated:.1f}s")
-    expected = assert_exact_parity(deployment, messages, min_blocks=5, settle_timeout_s=240 + HOT_EVENTS / 2000)
+    deployment.wait_until_settled(timeout_s=240 + HOT_EVENTS / 2000)
+    settled = time.monotonic()
+    # the worker keeps up while the input is written: what is left after the last message is a few batches (the
+    # settle check itself waits for 12 s without a new output record)
+    print(f"settled {settled - produced:.1f}s after the last message was sent")
+    assert settled - produced <= 60, "the hot customer should settle within a minute"
+    expected = assert_exact_parity(deployment, messages, min_blocks=5)
     rejected = Counter(reason for reason, _ in expected.rejections.elements())
     print(f"injected {len(messages)} messages; dead-lettered by reason: {dict(sorted(rejected.items()))}")
     for reason in (
@@ -391,8 +397,8 @@ def test_hostile_input_at_volume_never_crashes_and_every_bad_message_is_dead_let
     assert all(count <= 256 for count in kept.values())
     assert view["remembered_event_ids"] <= 512
     assert sys.getsizeof(orjson.dumps(view)) < 200_000
-    # nothing per event is kept anywhere else either (~200-250 MiB is RocksDB's and Faust's own at any volume)
-    assert peak_rss_mib < 700
+    # nothing per event is kept anywhere else either (measured ~120 MiB; issue #22's bound for the worker is 250)
+    assert peak_rss_mib < 250
 
 
 def _peak_rss_kib(pid: int) -> int:
