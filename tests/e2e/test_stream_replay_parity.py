@@ -64,3 +64,33 @@ def test_input_written_in_transactions_equals_replay(deployment_factory: Callabl
     committed = deployment.committed_input()
     assert committed == ends, f"committed {committed}, ends {ends}"
     print(f"  verified: outputs equal replay; committed offsets at the partitions' ends (markers included) {ends}")
+
+
+@pytest.mark.slow
+def test_workers_joining_and_leaving_mid_stream_equal_replay(deployment_factory: Callable[..., GuardDeployment]):
+    """Rebalances while the input flows: w2 joins a third of the way in (the partitions are split again), w1
+    leaves gracefully two thirds in (w2 takes them all). Each revocation waits for the batch in hand to commit;
+    each new owner fences, restores and resumes at the committed offset. Outputs equal the replay exactly."""
+    deployment = deployment_factory()
+    deployment.create_topics()
+    messages = _messages(seed=43, end_ms=int(time.time() * 1000))[:30_000]
+    thirds = [messages[:10_000], messages[10_000:20_000], messages[20_000:]]
+    deployment.start_worker("w1")
+    deployment.produce(thirds[0])
+    deployment.wait_until_committed(5_000)
+    deployment.start_worker("w2")
+    deadline = time.monotonic() + 60
+    while "ready in" not in deployment.log_tail("w2", 100_000):  # w2 owns partitions: the group was split
+        assert time.monotonic() < deadline, deployment.log_tail("w2")
+        time.sleep(0.2)
+    deployment.produce(thirds[1])
+    deployment.wait_until_committed(15_000)
+    assert deployment.stop_worker("w1") == 0
+    deployment.produce(thirds[2])
+    expected = assert_exact_parity(deployment, messages, min_blocks=20)
+    log = deployment.log_tail("w2", 100_000)
+    assert log.count("assigned input partitions") >= 2, "w2 should have been assigned partitions twice"
+    print(
+        f"  verified: w2 joined and w1 left mid-stream; {sum(expected.decisions.values())} decisions, dead letters, "
+        f"violations, Redis blocks and prefs exactly as the replay"
+    )
