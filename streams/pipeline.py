@@ -264,6 +264,9 @@ class Pipeline:
             consumer.pause(*mine)  # aiokafka may hand out records before this callback returns
         for tp in mine:
             self.to_set_up[tp.partition] = 0.0
+        kept = {tp.partition for tp in mine}
+        for partition in [p for p in self.suspended if p not in kept]:
+            del self.suspended[partition]  # another worker owns it now: its states here are stale
         self.metrics.assigned_partitions.labels(topic=self.topics.events).set(len(mine))
         log.info("assigned input partitions %s", sorted(tp.partition for tp in mine))
 
