@@ -1,7 +1,7 @@
 """The local stack as the end-to-end benchmark uses it: isolated runs, processes and what the broker reports.
 
-Every run gets its own name: the prefix of its topics, its consumer group (the Faust app id) and its Redis key
-prefix, so runs never read each other's data, and :meth:`StackRun.cleanup` removes all of it afterwards.
+Every run gets its own name: the prefix of its topics, its consumer group (the worker's ``--app-id``) and its Redis
+key prefix, so runs never read each other's data, and :meth:`StackRun.cleanup` removes all of it afterwards.
 Progress is read from the broker (committed offsets and end offsets), never from the worker, whose single core
 is what is being measured.
 """
@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -117,8 +118,8 @@ class StackRun:
             str(web_port),
             "--redis-prefix",
             self.name,
-            # the worker's default; with "warning" faust's Worker sets the root logger to DEBUG for its terminal
-            # spinner, and every debug call in faust and aiokafka then builds a LogRecord (~7% of the worker)
+            # the worker's default; with "warning" faust's Worker (the worker's host) sets the root logger to DEBUG
+            # for its terminal spinner, and every debug call in faust and aiokafka then builds a LogRecord
             "--log-level",
             "info",
             *extra,
@@ -171,7 +172,12 @@ class StackRun:
 
 
 class Broker:
-    """Committed and end offsets, read from the broker with one long-lived admin client and consumer."""
+    """Committed and end offsets, read from the broker with one long-lived admin client and consumer.
+
+    The worker writes its outputs in transactions: an output topic's end offset counts transaction markers and
+    aborted records too, so it is a position, never a record count. Counts come from :meth:`read_all`, which reads
+    committed records only (as the Redis view and every downstream reader do).
+    """
 
     def __init__(self, bootstrap: str, partitions: int) -> None:
         self.partitions = partitions
@@ -186,7 +192,8 @@ class Broker:
         return [TopicPartition(topic, partition) for partition in range(self.partitions)]
 
     def end(self, topic: str) -> int:
-        """Records ever written to ``topic`` (sum of end offsets)."""
+        """The sum of ``topic``'s end offsets (high watermarks): a record count only for a topic written without
+        transactions (the input); on the worker's outputs it includes transaction markers and aborted records."""
         return sum(self.consumer.end_offsets(self._tps(topic)).values())
 
     def committed(self, group: str, topics: Iterable[str]) -> dict[str, int]:
@@ -211,8 +218,13 @@ class Broker:
         return str(described.get(group, {}).get("group_state", "Unknown"))
 
     def read_all(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        """Every (key, value) of ``topic`` from the beginning to its current end."""
-        consumer = KafkaConsumer(bootstrap_servers=self.admin.config["bootstrap_servers"], enable_auto_commit=False)
+        """Every committed (key, value) of ``topic`` from the beginning to its last stable offset (aborted records
+        and transaction markers skipped, as ``read_committed`` consumers see the topic)."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.admin.config["bootstrap_servers"],
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
         try:
             tps = self._tps(topic)
             consumer.assign(tps)
@@ -264,3 +276,38 @@ def metric_sum(text: str, name: str, **labels: str) -> float | None:
             continue
         total = (total or 0.0) + float(value)
     return total
+
+
+# ---------------------------------------------------------------------------------------------- Redis watermarks
+
+
+def watch_watermarks(redis_url: str, keys: list[str], out_path: str, stop: Any, interval_s: float) -> None:
+    """Poll the Redis view's per-partition watermarks (``{prefix}:view-offset:{topic}:{partition}``) until ``stop``
+    (a ``multiprocessing.Event``) is set; write every change as ``[time, key index, watermark]`` to ``out_path``.
+
+    The view applies a partition's records and raises its watermark in one Lua script, so a decision at offset
+    ``o`` of partition ``p`` is in Redis (its key set, or deleted for an allow / an expired block) from the first
+    moment the watermark of ``p`` reads ``>= o``. The time noted is when the reply arrived (at most
+    ``interval_s`` plus a round trip late). Runs as a child process, so that no other Python code of the bench
+    delays a poll.
+    """
+    import orjson
+
+    client = redis.Redis.from_url(redis_url)
+    last: list[Any] = [None] * len(keys)
+    changes: list[tuple[float, int, int]] = []
+    try:
+        while True:
+            done = stop.is_set()
+            values = client.mget(keys)
+            now = time.time()
+            for index, value in enumerate(values):
+                if value is not None and value != last[index]:
+                    last[index] = value
+                    changes.append((now, index, int(value)))
+            if done:
+                break
+            time.sleep(interval_s)
+    finally:
+        client.close()
+    Path(out_path).write_bytes(orjson.dumps(changes))
