@@ -383,6 +383,20 @@ def transaction_times(metrics: str) -> str:
     )
 
 
+def handled_times(metrics: str) -> str:
+    """``fatigue_event_to_decision_seconds``: from the event's ``ts`` (the send time, in ms) to the worker handling
+    it, before its transaction; the whole run, warm-up included."""
+    count = _stack.metric_sum(metrics, "fatigue_event_to_decision_seconds_count") or 0
+    total = _stack.metric_sum(metrics, "fatigue_event_to_decision_seconds_sum") or 0
+    if not count:
+        return "no decisions timed"
+    shares = []
+    for le in ("0.05", "0.1", "0.25"):
+        within = _stack.metric_sum(metrics, "fatigue_event_to_decision_seconds_bucket", le=le) or 0
+        shares.append(f"{within / count:.0%} within {float(le) * 1000:.0f} ms")
+    return f"event -> handled in the worker mean {total / count * 1000:,.0f} ms, {', '.join(shares)}"
+
+
 def core_flavour(metrics: str) -> str:
     """The core a worker runs, from its ``fatigue_core_info{flavour=...}``."""
     for line in metrics.splitlines():
@@ -676,7 +690,8 @@ def run_latency(
         time.sleep(0.5)  # the Redis view's last batch
     finally:
         try:
-            transactions = transaction_times(_stack.scrape(port))
+            scraped = _stack.scrape(port)
+            transactions = f"{transaction_times(scraped)}; {handled_times(scraped)}"
         except OSError:
             transactions = "?"
         consumer.close()
