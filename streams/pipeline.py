@@ -36,11 +36,11 @@ from aiokafka.errors import ConsumerStoppedError, OffsetOutOfRangeError
 from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
-from streams.collector import RecordCollector, Topics
+from streams.collector import Partitioner, RecordCollector, Topics
 from streams.metrics import ActiveBlocks, Metrics
 from streams.restore import restore
 from streams.settings import Settings
-from streams.state_store import PartitionStore, partition_path
+from streams.state_store import PartitionStore, partition_path, store_options
 from streams.task import PartitionTask, Transaction, state_of
 from streams.transactions import PartitionProducer, is_fenced, transactional_id
 
@@ -72,6 +72,8 @@ class Pipeline:
             partitions=settings.partitions,
         )
         self.active_blocks = ActiveBlocks()
+        self.partitioner = Partitioner(settings.partitions)
+        self.store_options = store_options(settings.rocksdb_block_cache_bytes, settings.rocksdb_write_buffer_bytes)
         self.tasks: dict[int, PartitionTask] = {}
         self.producers: dict[int, PartitionProducer] = {}
         self.stores: dict[int, PartitionStore] = {}
@@ -321,9 +323,7 @@ class Pipeline:
         store = self.stores.get(partition)
         if store is None:
             store = self.stores[partition] = PartitionStore(
-                partition_path(Path(settings.data_dir), partition),
-                block_cache_bytes=settings.rocksdb_block_cache_bytes,
-                write_buffer_bytes=settings.rocksdb_write_buffer_bytes,
+                partition_path(Path(settings.data_dir), partition), self.store_options
             )
         async with self.lock:
             restored = await restore(
@@ -397,7 +397,7 @@ class Pipeline:
             partition,
             driver,
             store,
-            RecordCollector(self.topics, partition),
+            RecordCollector(self.topics, partition, self.partitioner),
             self.metrics,
             self.active_blocks,
             max_event_bytes=self.policy.max_event_bytes,

@@ -46,9 +46,9 @@ def decode_int(raw: bytes | None) -> int | None:
 class PartitionStore:
     """The local states of one input partition (see the module docstring)."""
 
-    def __init__(self, path: Path, *, block_cache_bytes: int, write_buffer_bytes: int) -> None:
+    def __init__(self, path: Path, options: rocksdict.Options) -> None:
         self.path = path
-        self._options = _options(block_cache_bytes, write_buffer_bytes)
+        self._options = options
         self._db = self._open()
 
     def _open(self) -> rocksdict.Rdict:
@@ -126,7 +126,9 @@ class PartitionStore:
         self._db.close()
 
 
-def _options(block_cache_bytes: int, write_buffer_bytes: int) -> rocksdict.Options:
+def store_options(block_cache_bytes: int, write_buffer_bytes: int) -> rocksdict.Options:
+    """Options for every partition store of a worker: one block cache shared by all of them, so memory does not
+    grow with the partitions a worker owns; small memtables (states are written once per transaction)."""
     options = rocksdict.Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_write_buffer_size(write_buffer_bytes)

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
-from fatigue.clock import partition_for_key
 from fatigue.events import CHANNEL_INDEX, CHANNELS, MAX_ID_CHARS
 from fatigue.partition import DecisionRecord, Outcome, PartitionDriver
 from fatigue.state import CustomerState
@@ -102,7 +101,7 @@ class PartitionTask:
     def handle(self, records: Sequence[Any]) -> None:
         """Handle a run of this partition's input records, in offset order."""
         feed = self.driver.feed
-        partitions = self.txn.out.topics.partitions
+        partition_of = self.txn.out.partition_of
         skip_below = self.next_offset if self.next_offset is not None else -1
         for record in records:
             if record.offset < skip_below:
@@ -113,14 +112,14 @@ class PartitionTask:
                 key is not None
                 and len(key) <= _MAX_KEY_BYTES
                 and (value is None or len(value) <= self.max_event_bytes)
-                and partition_for_key(key, partitions) != self.partition
+                and partition_of(key) != self.partition
                 and not any(name == REROUTED_HEADER for name, _ in record.headers or ())
             ):
                 # A producer with another partitioner (librdkafka's default is crc32) put this customer on the
                 # wrong partition; its state lives with the murmur2 partition, so forward it there once. One that
                 # cannot be valid is dead-lettered where it is: a copy of a huge one might not fit the producer.
                 headers: Headers = list(record.headers or ())
-                self.txn.out.reroute(key, value, headers, partition_for_key(key, partitions))
+                self.txn.out.reroute(key, value, headers, partition_of(key))
                 self.txn.counts[("rerouted", ())] += 1
                 continue
             outcome = feed(value if value is not None else b"", key)
@@ -224,7 +223,7 @@ class PartitionTask:
             out.changelog(CLOCK_KEY, value)
             changes.append((CLOCK_KEY, value))
         txn.clock_ms = clock
-        self.txn = Transaction(RecordCollector(out.topics, self.partition))
+        self.txn = Transaction(RecordCollector(out.topics, self.partition, out.partition_of))
         return txn
 
     def committed(self, txn: Transaction, changelog_end: int | None) -> None:

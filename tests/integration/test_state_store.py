@@ -17,13 +17,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.restore import restore
-from streams.state_store import PartitionStore
+from streams.state_store import PartitionStore, store_options
 
 pytestmark = pytest.mark.integration
 
 
 def _store(path: Path) -> PartitionStore:
-    return PartitionStore(path, block_cache_bytes=1 << 20, write_buffer_bytes=1 << 20)
+    return PartitionStore(path, store_options(1 << 20, 1 << 20))
 
 
 def test_a_corrupt_database_is_set_aside_and_opened_empty(tmp_path: Path) -> None:
