@@ -94,7 +94,10 @@ class RecordCollector:
         self._add(topic, self.partition_of(key), key, value, None)
 
     def decision(self, key: bytes, value: bytes | None) -> None:
-        self.keyed(self.topics.decisions, key, value)
+        """A decision (key ``{channel}:{customer_id}``) on the customer's own partition, which is this input
+        partition: every output partition then has one writer, and its last stable offset moves with each of
+        that writer's commits instead of waiting for other partitions' open transactions."""
+        self._add(self.topics.decisions, self.partition, key, value, None)
 
     def prefs(self, customer_key: bytes, value: bytes | None) -> None:
         self.keyed(self.topics.prefs, customer_key, value)

@@ -9,16 +9,18 @@ The batch loop (:meth:`Pipeline.run_once`), in order:
 3. each partition's task handles its records: outputs collected, states changed in memory only;
 4. on the timer tick, each task's wall-clock timers: expired blocks tombstoned, and on a quiet partition unread
    deadlines settled by wall clock;
-5. per partition with anything to write, one transaction: outputs, the changed states to the changelog, the
-   consumed offset; the partitions' transactions run concurrently;
+5. per partition whose previous transaction has finished and that has anything to write, one transaction:
+   outputs, the changed states to the changelog, the consumed offset. It is written while the loop goes on (one
+   transaction in flight per partition: its producer has one at a time); a partition still committing keeps
+   collecting into its next transaction;
 6. per committed transaction: the changed states written to the local store with the changelog position, and the
    counts published to the metrics. A partition whose transaction failed is dropped (its in-memory states are
    ahead of what was committed) and set up again from step 1: after a fencing error only once a rebalance gives
    it back (another worker owns it now), after any other error after a pause.
 
-A revocation waits for the batch in hand (steps 3-6) to finish, so a partition leaves with everything it handled
-committed. Exactly-once follows from the transaction: outputs, state and input position become visible together
-or not at all, and a fenced zombie's transaction can never commit.
+A revocation waits for the batch in hand and the transactions in flight to finish, so a partition leaves with
+everything it handled committed. Exactly-once follows from the transaction: outputs, state and input position
+become visible together or not at all, and a fenced zombie's transaction can never commit.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, OffsetOutOfRangeError
+from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
@@ -84,7 +86,8 @@ class Pipeline:
         self._restorer: AIOKafkaConsumer | None = None
         self._stopping = False
         self._next_tick = 0.0
-        self._in_flight: asyncio.Future[None] | None = None  # the transactions of the last batch
+        # per partition, its transaction being written (at most one: a producer has one transaction at a time)
+        self._in_flight: dict[int, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,15 +155,27 @@ class Pipeline:
         # 1. partitions assigned since the last batch
         if self.to_set_up:
             await self._set_up_due()
-        # 2. a batch from the ready partitions
+        # 2. a batch from the ready partitions; only a short wait when a partition has work waiting for its
+        #    transaction in flight to finish
+        waiting = any(task.pending() for task in self.tasks.values())
+        wait_ms = 2 if waiting else int(self.settings.input_batch_wait_s * 1000)
         try:
-            batches = await consumer.getmany(
-                timeout_ms=int(self.settings.input_batch_wait_s * 1000), max_records=self.settings.input_batch
-            )
+            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.input_batch)
         except OffsetOutOfRangeError as error:
             positions: dict[TopicPartition, int] = error.args[0] if error.args else {}
             for tp, offset in positions.items():
                 await self._read_past_deleted(tp, offset)
+            return
+        except NoOffsetForPartitionError as error:
+            # aiokafka looks for a starting position of every assigned partition, paused ones too, and finds none
+            # where the group has committed nothing (we reset nothing ourselves: see _read_past_deleted). A
+            # partition waiting for its set-up gets a placeholder (it stays paused; the set-up seeks it), so the
+            # other partitions' input goes on meanwhile.
+            for tp in error.args:
+                if isinstance(tp, TopicPartition) and tp.partition not in self.tasks:
+                    consumer.seek(tp, 0)
+                elif isinstance(tp, TopicPartition):
+                    await consumer.seek_to_beginning(tp)
             return
         async with self.lock:
             if self._stopping:
@@ -175,17 +190,19 @@ class Pipeline:
             if now >= self._next_tick:
                 self._next_tick = now + self.settings.tick_interval_s
                 await self._punctuate(consumer)
-            # 5. the previous batch's transactions are done (they ran while this batch was fetched and handled)
-            await self._await_in_flight()
-            # 6. one transaction per partition with anything to write, running while the next batch is fetched
-            sealed = [(task, task.seal()) for task in self.tasks.values() if task.pending()]
-            if sealed:
-                self._in_flight = asyncio.ensure_future(self._commit(sealed))
+            # 5. + 6. per partition whose previous transaction is done: one transaction with everything handled
+            #    since, written while the loop goes on; a partition whose transaction is still in flight keeps
+            #    collecting into its next one
+            for partition, task in self.tasks.items():
+                running = self._in_flight.get(partition)
+                if (running is None or running.done()) and task.pending():
+                    self._in_flight[partition] = asyncio.ensure_future(self._commit_task(task, task.seal()))
 
     async def _await_in_flight(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            await in_flight
+        in_flight = list(self._in_flight.values())
+        self._in_flight.clear()
+        if in_flight:
+            await asyncio.gather(*in_flight)
 
     async def _punctuate(self, consumer: AIOKafkaConsumer) -> None:
         wall_ms = int(time.time() * 1000)
@@ -203,9 +220,6 @@ class Pipeline:
                 if quiet:
                     task.read_past(position)
             task.punctuate(wall_ms, self.settings.wall_settle_ms, quiet=quiet)
-
-    async def _commit(self, sealed: list[tuple[PartitionTask, Transaction]]) -> None:
-        await asyncio.gather(*(self._commit_task(task, txn) for task, txn in sealed))
 
     async def _commit_task(self, task: PartitionTask, txn: Transaction) -> None:
         partition = task.partition

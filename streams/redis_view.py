@@ -128,6 +128,10 @@ def watermark_key(prefix: str, topic: str, partition: int) -> str:
     return f"{prefix}:view-offset:{topic}:{partition}"
 
 
+# how often the view commits what it has written to its consumer group (see _write_and_commit)
+_COMMIT_INTERVAL_S = 1.0
+
+
 @dataclass(slots=True)
 class PartitionSnapshot:
     """One partition of a compacted topic read up to ``end`` (its last stable offset then)."""
@@ -332,7 +336,10 @@ class RedisView:
             name = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
             if name in wanted:
                 continue
-            partition = partition_for_key(name.split(":", 2)[2].encode(), self.partitions)
+            topic_key = name.split(":", 2)[2]
+            # blocks are keyed {channel}:{customer_id} but placed on their customer's partition, like preferences
+            customer = topic_key.split(":", 1)[1] if self.expiring else topic_key
+            partition = partition_for_key(customer.encode(), self.partitions)
             if partition in snapshots:
                 stale.setdefault(partition, []).append(name)
         deleted = 0
@@ -427,6 +434,8 @@ class ViewConsumer:
         # held while a batch is written and committed; a revocation waits for it, so once a partition has moved
         # to another worker this one starts no more writes of it (and the watermark stops any that were under way)
         self._batch_lock = asyncio.Lock()
+        self._uncommitted: dict[TopicPartition, int] = {}  # written to Redis, not yet committed to the group
+        self._committed_at = 0.0
 
     def owned_partitions(self, topic: str) -> list[int]:
         consumer = self._consumer
@@ -445,6 +454,9 @@ class ViewConsumer:
                 auto_offset_reset="earliest",
                 max_poll_records=self.batch,
                 isolation_level="read_committed",  # the guard's transactions: aborted ones must not reach Redis
+                # a decision waits in Redis' path for this at most when the fetch found nothing new (the broker's
+                # default 500 ms showed in the event -> Redis latency)
+                fetch_max_wait_ms=20,
             )
             try:
                 consumer.subscribe(list(self.views), listener=_WaitForBatch(self))
@@ -467,6 +479,12 @@ class ViewConsumer:
             finally:
                 self._consumer = None
                 self._written.clear()
+                offsets, self._uncommitted = self._uncommitted, {}
+                try:
+                    if offsets:  # what is in Redis, so that the next run starts there
+                        await asyncio.wait_for(consumer.commit(offsets), timeout=5)
+                except Exception as error:  # read again next time; the watermark skips it in Redis
+                    log.debug("committing the redis view's last offsets: %s", error)
                 try:
                     # bounded: a stop during a worker's shutdown must not hold the shutdown up
                     await asyncio.wait_for(consumer.stop(), timeout=10)
@@ -493,8 +511,14 @@ class ViewConsumer:
                 owned = functools.partial(self.owned_partitions, tp.topic)
                 await view.apply(tp.partition, records, start=start, end=position, owned_partitions=owned)
                 self._written[tp] = offsets[tp] = position
-            if not offsets:
+            self._uncommitted.update(offsets)
+            now = time.monotonic()
+            if not self._uncommitted or now - self._committed_at < _COMMIT_INTERVAL_S:
                 return
+            # committed at most once a second, not per batch (a commit is a round trip in every batch's path): what
+            # was written since is read again after a restart, and the watermark skips it in Redis
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._committed_at = now
             try:
                 await consumer.commit(offsets)
             except KafkaError as error:
@@ -505,6 +529,13 @@ class ViewConsumer:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._batch_lock:  # the batch in hand is written (and committed) first
+            consumer = self._consumer
+            offsets, self._uncommitted = self._uncommitted, {}
+            if consumer is not None and offsets:
+                try:
+                    await consumer.commit(offsets)
+                except KafkaError as error:  # the next owner reads them again; the watermark skips them
+                    log.info("redis view commit on revocation failed (%s: %s)", type(error).__name__, error)
             for tp in revoked:
                 self._written.pop(tp, None)
 

@@ -59,7 +59,7 @@ async def restore(consumer: AIOKafkaConsumer, store: PartitionStore, tp: TopicPa
     read = 0
     changes: list[Change] = []
     while await consumer.position(tp) < end:
-        batches = await consumer.getmany(tp, timeout_ms=1000, max_records=_CHUNK)
+        batches = await consumer.getmany(tp, timeout_ms=200, max_records=_CHUNK)
         for record in batches.get(tp, []):
             if record.offset >= end:
                 break

@@ -12,12 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Any, Final
 
+import aiokafka.producer.sender
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streams.collector import Record
+
+# Right after a commit the coordinator still writes the transaction's markers, and the next transaction's first
+# AddPartitionsToTxn is answered CONCURRENT_TRANSACTIONS (KAFKA-5477). aiokafka then waits a fixed 20 ms
+# (BACKOFF_OVERRIDE) before asking again: 20 of the 25 ms a transaction took here, which set the pipeline's cycle and
+# most of its latency. The markers take about a millisecond on this broker; asking again after 2 ms costs a few
+# more small requests. aiokafka has no setting for it (see docs/adr/0002, Consequences).
+aiokafka.producer.sender.BACKOFF_OVERRIDE = 0.002
+
+# Fault tests only: hold every transaction open this long before its commit, so that a worker frozen at any moment
+# holds handled, uncommitted input (tests/e2e/test_faults.py, the zombie). Never set in production.
+_TEST_COMMIT_DELAY_S: Final = float(os.environ.get("FATIGUE_TEST_COMMIT_DELAY_S", "0") or 0)
 
 # A record batch is one request to the broker, whose own limit is about 1 MiB (message.max.bytes); a dead letter
 # keeps at most 256 KiB of its message (streams.collector), so a batch of this size always takes it.
@@ -63,11 +76,7 @@ class PartitionProducer:
         group_id: str,
         changelog: tuple[str, int] | None,
     ) -> int | None:
-        """One transaction: every record and the consumed offsets, committed together.
-
-        Returns the changelog offset after the last record written there (None when none was). Raises on any
-        failure, after which this producer must not be used again.
-        """
+        """One transaction: every record and the consumed offsets, committed together."""
         producer = self._producer
         await producer.begin_transaction()
         sent: list[tuple[tuple[str, int], Any, int]] = []
@@ -86,14 +95,23 @@ class PartitionProducer:
             if count:
                 future = await producer.send_batch(batch, topic, partition=partition)
                 sent.append(((topic, partition), future, count))
-        delivered = await asyncio.gather(*(future for _, future, _ in sent))
+        # the offsets join the transaction while the records are produced (the coordinator handles them apart);
+        # the commit must wait for both: aiokafka does not flush before EndTxn
         if offsets:
-            await producer.send_offsets_to_transaction(dict(offsets), group_id)
+            adding_offsets = asyncio.ensure_future(producer.send_offsets_to_transaction(dict(offsets), group_id))
+            delivered, _ = await asyncio.gather(asyncio.gather(*(future for _, future, _ in sent)), adding_offsets)
+        else:
+            delivered = await asyncio.gather(*(future for _, future, _ in sent))
+        if _TEST_COMMIT_DELAY_S:
+            await asyncio.sleep(_TEST_COMMIT_DELAY_S)
         await producer.commit_transaction()
         end: int | None = None
         for (where, _, count), metadata in zip(sent, delivered, strict=True):
             if where == changelog:
-                end = max(end or 0, metadata.offset + count)
+                # past this transaction's commit marker, which follows its last record on the changelog partition
+                # (one writer per partition: every other producer of its id is fenced), so that a restore finds
+                # nothing to read instead of waiting on a fetch that returns only the marker
+                end = max(end or 0, metadata.offset + count + 1)
         return end
 
     async def stop(self) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AioTopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import disable_created_metrics
 
 from fatigue import core_flavour
+from fatigue.clock import partition_for_key
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import tune_gc
 from streams.settings import Settings, settings_from
@@ -49,6 +53,8 @@ def ensure_topics(settings: Settings) -> None:
                         f"fatigue worker: topic {name} exists without cleanup.policy=compact; it must keep the "
                         f"latest record per key for good (indefinite opt-outs): alter it or delete it"
                     )
+                if name == settings.decisions_topic:
+                    _refuse_decisions_partitioned_by_key(settings)
                 continue
             try:
                 admin.create_topics([NewTopic(name, settings.partitions, 1, topic_configs=config)])
@@ -57,6 +63,55 @@ def ensure_topics(settings: Settings) -> None:
                 pass
     finally:
         admin.close()
+
+
+def _refuse_decisions_partitioned_by_key(settings: Settings, sample: int = 200) -> None:
+    """Refuse a decisions topic written by a worker before the transactional pipeline, which placed a decision by
+    the murmur2 of its whole key ``{channel}:{customer_id}``. Decisions are now on their customer's partition
+    (murmur2 of the customer id, as the input): mixed, a key would have records on two partitions and readers
+    could apply an older one last. The first ``sample`` records of each partition are checked."""
+    # a loop of its own, not asyncio.run: that would leave the main thread without a current loop for Faust
+    loop = asyncio.new_event_loop()
+    try:
+        misplaced = loop.run_until_complete(_misplaced_decision(settings, sample))
+    finally:
+        loop.close()
+    if misplaced is not None:
+        key, partition = misplaced
+        raise SystemExit(
+            f"fatigue worker: topic {settings.decisions_topic} holds decisions placed by their whole key (written "
+            f"before the transactional pipeline), e.g. {key!r} on partition {partition}; decisions now go to their "
+            f"customer's partition. Give the worker a new --decisions-topic (or recreate this one) and let dialers "
+            f"read that one"
+        )
+
+
+async def _misplaced_decision(settings: Settings, sample: int) -> tuple[bytes, int] | None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        tps = [AioTopicPartition(settings.decisions_topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp, offset in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, offset)
+            ends[tp] = min(ends[tp], offset + sample)
+        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    customer = (record.key or b"").split(b":", 1)[-1]
+                    if record.key and partition_for_key(customer, settings.partitions) != tp.partition:
+                        return record.key, tp.partition
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return None
+    finally:
+        await consumer.stop()
 
 
 def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> list[str]:

@@ -128,11 +128,18 @@ class GuardDeployment:
         """What an operator does before senders start: the worker would also create them at start."""
         ensure_topics(settings_from(self.worker_args("setup")[4:], environ={}))
 
-    def start_worker(self, worker: str = "w1", *extra_args: str) -> subprocess.Popen[bytes]:
-        """Start a worker process; every run of the same worker appends to ``{worker}.log``."""
+    def start_worker(
+        self, worker: str = "w1", *extra_args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker process (``env``: added to the environment); every run of the same worker appends to
+        ``{worker}.log``."""
         log = open(self.workdir / f"{worker}.log", "ab")  # noqa: SIM115 - lives as long as the process
         process = subprocess.Popen(
-            self.worker_args(worker, extra_args), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ)
+            self.worker_args(worker, extra_args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
         self.workers[worker] = process
         return process

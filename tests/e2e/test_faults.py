@@ -502,11 +502,14 @@ def test_a_frozen_worker_thawed_after_its_partitions_moved_publishes_nothing(
     messages = make_messages(20_000, 1_500, seed=41)
     session = ("--session-timeout", str(SESSION_S))
     deployment.start_worker("w1", *session)
-    deployment.start_worker("w2", *session)
+    # w2 holds each transaction open for half a second before committing it (a test-only delay): frozen at any
+    # moment while input flows, it holds handled input that is not committed
+    deployment.start_worker("w2", *session, env={"FATIGUE_TEST_COMMIT_DELAY_S": "0.5"})
     _wait_for_ready(deployment, ("w1", "w2"))
     producer = _produce_in_background(deployment, messages)
     deployment.wait_until_committed(int(0.3 * len(messages)), worker="w2")
     zombie = deployment.workers["w2"]
+    w1_log_at_freeze = deployment.log_size("w1")
     zombie.send_signal(signal.SIGSTOP)
     frozen_at = deployment.committed_offsets("events")
     print(f"\nSIGSTOP w2 with {sum(frozen_at.values())}/{len(messages)} input offsets committed")
@@ -514,7 +517,7 @@ def test_a_frozen_worker_thawed_after_its_partitions_moved_publishes_nothing(
         # w1 owns every partition once the group has dropped w2 and w1 has set them up (fenced w2's ids)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            log = deployment.log_tail("w1", 100_000)
+            log = deployment.log_since("w1", w1_log_at_freeze)  # a rebalance after the freeze
             last = log.rfind("assigned input partitions [0, 1, 2, 3, 4, 5]")
             if last >= 0 and len(set(re.findall(r"partition (\d+) ready in", log[last:]))) == deployment.partitions:
                 break

@@ -275,11 +275,13 @@ def test_sigkill_mid_stream_publishes_everything_exactly_once(deployment_factory
     messages = make_messages(EVENTS, CUSTOMERS, seed=23)
     started = time.monotonic()
     deployment.produce(messages)
-    deployment.start_worker("w1")
+    # every transaction held open for a moment before its commit (a test-only delay): the kill lands mid-stream
+    # with transactions in flight, however fast the worker is
+    deployment.start_worker("w1", env={"FATIGUE_TEST_COMMIT_DELAY_S": "0.3"})
 
     # kill -9 once a good part of the input is committed and decisions are flowing, but well before the end
     deployment.wait_until_committed(int(0.3 * len(messages)))
-    time.sleep(0.1)  # a transaction is in flight most of the time
+    time.sleep(0.1)
     deployment.kill_worker("w1", signal.SIGKILL)
     done, total = deployment.group_progress("events")
     decisions_at_kill = deployment.end_offsets("decisions")

@@ -75,3 +75,28 @@ def test_an_existing_compacted_output_with_another_partition_count_is_refused(
     settings = _settings(bootstrap_servers, unique_name, prefs_topic=prefs)
     with pytest.raises(SystemExit, match=f"{prefs} has 2 partitions but --partitions is 3"):
         ensure_topics(settings)
+
+
+def test_a_decisions_topic_placed_by_whole_key_is_refused_and_one_placed_by_customer_accepted(
+    bootstrap_servers: str, topic_factory: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Decisions go to their customer's partition (murmur2 of the customer id, as the input). A topic written by
+    the earlier worker, which placed them by the murmur2 of the whole key, would leave a key on two partitions."""
+    from kafka import KafkaProducer
+
+    from fatigue.clock import partition_for_key
+
+    settings_of = {}
+    for layout in ("customer", "whole-key"):
+        topic = topic_factory(f"decisions-{layout}", partitions=3, config={"cleanup.policy": "compact"})
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers)
+        for number in range(20):
+            key = f"email:cust-{number}".encode()
+            placed_by = key if layout == "whole-key" else key.split(b":", 1)[1]
+            producer.send(topic, key=key, value=b"{}", partition=partition_for_key(placed_by, 3))
+        producer.flush()
+        producer.close()
+        settings_of[layout] = _settings(bootstrap_servers, unique_name, decisions_topic=topic)
+    ensure_topics(settings_of["customer"])
+    with pytest.raises(SystemExit, match="placed by their whole key"):
+        ensure_topics(settings_of["whole-key"])
