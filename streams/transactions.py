@@ -25,7 +25,7 @@ from streams.collector import Record
 # AddPartitionsToTxn is answered CONCURRENT_TRANSACTIONS (KAFKA-5477). aiokafka then waits a fixed 20 ms
 # (BACKOFF_OVERRIDE) before asking again: 20 of the 25 ms a transaction took here, which set the pipeline's cycle and
 # most of its latency. The markers take about a millisecond on this broker; asking again after 2 ms costs a few
-# more small requests. aiokafka has no setting for it (see docs/adr/0002, Consequences).
+# more small requests. aiokafka has no setting for it (see docs/adr/0001, Consequences).
 aiokafka.producer.sender.BACKOFF_OVERRIDE = 0.002
 
 # Fault tests only: hold every transaction open this long before its commit, so that a worker frozen at any moment
