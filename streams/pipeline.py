@@ -293,7 +293,10 @@ class Pipeline:
             for partition in partitions:
                 self.to_set_up.pop(partition, None)
                 task = self.tasks.pop(partition, None)
-                if task is not None:
+                # kept for reuse only when everything it handled is committed: a task with work in its next
+                # transaction has states ahead of the changelog (a reused one would see that input again as
+                # duplicates once the partition is read from its committed offset)
+                if task is not None and not task.pending():
                     self.suspended[partition] = task
                 self.active_blocks.drop(partition)
             await self._stop_producers(partitions)
@@ -351,6 +354,8 @@ class Pipeline:
                 and restored == 0
                 and task.store_position == store.position
                 and task.committed_offset == committed
+                and task.next_offset == committed
+                and not task.pending()
             )
             if not reused or task is None:
                 task = self._new_task(partition, store)
