@@ -13,8 +13,11 @@ failed=0
 for run in $(seq 1 "$runs"); do
   log=.cache/failover-loop/run-$run.log
   started=$(date +%s)
-  if .venv/bin/pytest -p no:cacheprovider -q -s -m failover tests/e2e/test_faults.py >"$log" 2>&1; then
+  tmp=.cache/failover-loop/run-$run-tmp  # the workers' logs of a failed run are kept here
+  rm -rf "$tmp"
+  if .venv/bin/pytest -p no:cacheprovider -q -s -m failover --basetemp "$tmp" tests/e2e/test_faults.py >"$log" 2>&1; then
     passed=$((passed + 1)); verdict=passed
+    rm -rf "$tmp"
   else
     failed=$((failed + 1)); verdict=FAILED
   fi

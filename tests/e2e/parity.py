@@ -256,7 +256,14 @@ def assert_decisions_at_least_once(
 
 def assert_dead_letters_exact(deployment: GuardDeployment, expected: Expected) -> int:
     letters = dead_letters(deployment)
-    assert Counter((reason, value) for reason, value, _ in letters) == expected.rejections
+    published = Counter((reason, value) for reason, value, _ in letters)
+    missing = expected.rejections - published
+    extra = published - expected.rejections
+    assert not missing and not extra, (
+        f"{sum(missing.values())} dead letters missing, {sum(extra.values())} extra; e.g. missing "
+        f"{[(reason, value[:160]) for reason, value in list(missing)[:3]]} extra "
+        f"{[(reason, value[:160]) for reason, value in list(extra)[:3]]}\n{deployment.log_problems()}"
+    )
     for _, _, headers in letters[:50]:
         assert {"fatigue-source-partition", "fatigue-source-offset", "fatigue-source-topic"} <= set(headers)
     return len(letters)
