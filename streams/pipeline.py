@@ -9,10 +9,10 @@ The batch loop (:meth:`Pipeline.run_once`), in order:
 3. each partition's task handles its records: outputs collected, states changed in memory only;
 4. on the timer tick, each task's wall-clock timers: expired blocks tombstoned, and on a quiet partition unread
    deadlines settled by wall clock;
-5. per partition whose previous transaction has finished and that has anything to write, one transaction:
-   outputs, the changed states to the changelog, the consumed offset. It is written while the loop goes on (one
-   transaction in flight per partition: its producer has one at a time); a partition still committing keeps
-   collecting into its next transaction;
+5. wait for the previous batch's transactions (they ran while this batch was fetched and handled);
+   then per partition with anything to write, one transaction: outputs, the changed states to the changelog, the
+   consumed offset; the partitions' transactions run concurrently, while the next batch is fetched and handled
+   (so at most two batches' outputs are held in memory);
 6. per committed transaction: the changed states written to the local store with the changelog position, and the
    counts published to the metrics. A partition whose transaction failed is dropped (its in-memory states are
    ahead of what was committed) and set up again from step 1: after a fencing error only once a rebalance gives
@@ -155,10 +155,8 @@ class Pipeline:
         # 1. partitions assigned since the last batch
         if self.to_set_up:
             await self._set_up_due()
-        # 2. a batch from the ready partitions; only a short wait when a partition has work waiting for its
-        #    transaction in flight to finish
-        waiting = any(task.pending() for task in self.tasks.values())
-        wait_ms = 2 if waiting else int(self.settings.input_batch_wait_s * 1000)
+        # 2. a batch from the ready partitions
+        wait_ms = int(self.settings.input_batch_wait_s * 1000)
         try:
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.input_batch)
         except OffsetOutOfRangeError as error:
@@ -190,12 +188,11 @@ class Pipeline:
             if now >= self._next_tick:
                 self._next_tick = now + self.settings.tick_interval_s
                 await self._punctuate(consumer)
-            # 5. + 6. per partition whose previous transaction is done: one transaction with everything handled
-            #    since, written while the loop goes on; a partition whose transaction is still in flight keeps
-            #    collecting into its next one
+            # 5. the previous batch's transactions are done (they ran while this batch was fetched and handled)
+            await self._await_in_flight()
+            # 6. one transaction per partition with anything to write, running while the next batch is fetched
             for partition, task in self.tasks.items():
-                running = self._in_flight.get(partition)
-                if (running is None or running.done()) and task.pending():
+                if task.pending():
                     self._in_flight[partition] = asyncio.ensure_future(self._commit_task(task, task.seal()))
 
     async def _await_in_flight(self) -> None:

@@ -127,6 +127,7 @@ class PartitionTask:
         if records and records[-1].offset >= skip_below:
             self.next_offset = records[-1].offset + 1
             self.txn.offset = self.next_offset
+            self.txn.handled += len(records)
             self.last_input_at = time.monotonic()
 
     def read_past(self, position: int) -> None:
@@ -272,10 +273,11 @@ class Transaction:
     """What one transaction of a partition carries: its output records, the state changes for the local store,
     the input offset it commits, and the counts the metrics get once it has committed."""
 
-    __slots__ = ("block_changes", "changes", "clock_ms", "counts", "latencies", "offset", "out")
+    __slots__ = ("block_changes", "changes", "clock_ms", "counts", "handled", "latencies", "offset", "out")
 
     def __init__(self, out: RecordCollector) -> None:
         self.out = out
+        self.handled = 0  # input records in it
         self.changes: list[Change] = []
         self.offset: int | None = None  # the input offset to commit (None: no input consumed)
         self.counts: Counter[tuple[str, tuple[str, ...]]] = Counter()  # (metric, labels) -> increment
