@@ -35,9 +35,6 @@ from streams.settings import Settings
 
 log = logging.getLogger("fatigue.worker")
 
-# how often lag, state size and active blocks are refreshed (a scrape every 15s sees fresh values)
-_GAUGE_INTERVAL_S = 5.0
-
 
 class _HostOnly(BootStrategy):
     """Faust's web server, sensors, timers and services; no Kafka consumer or producer of Faust's own."""
@@ -157,7 +154,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
     app.on_startup_finished = None
     _add_services(app, pipeline_service, view_service)
 
-    @app.timer(interval=_GAUGE_INTERVAL_S)
+    @app.timer(interval=settings.gauge_interval_s)
     async def gauges() -> None:
         await refresh_gauges(pipeline, views, metrics)
 

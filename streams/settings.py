@@ -62,6 +62,8 @@ class Settings:
     rocksdb_write_buffer_bytes: int = 4 * 1024 * 1024
     # violations are labelled by sender in /metrics: this many distinct senders, the rest as "other"
     sender_label_limit: int = 50
+    # how often lag, state size and active blocks are refreshed for /metrics (a scrape every 15 s sees fresh values)
+    gauge_interval_s: float = 5.0
     log_level: str = "info"
 
     @property
@@ -113,6 +115,7 @@ _ENV = {
     "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
     "session_timeout_s": "FATIGUE_SESSION_TIMEOUT",
     "engine": "FATIGUE_ENGINE",
+    "gauge_interval_s": "FATIGUE_GAUGE_INTERVAL",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 
@@ -157,6 +160,8 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
         raise SystemExit("fatigue worker: --engine must be auto, native or python")
     if settings.state_cache_customers < 1:
         raise SystemExit("fatigue worker: --state-cache-customers must be >= 1")
+    if settings.gauge_interval_s <= 0:
+        raise SystemExit("fatigue worker: --gauge-interval must be > 0 (seconds)")
     if not 6 <= settings.session_timeout_s <= 1800:
         raise SystemExit("fatigue worker: --session-timeout must be 6 to 1800 seconds (the broker's bounds)")
     return settings
