@@ -149,6 +149,7 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         group_id=settings.redis_view_group,
         batch=settings.redis_batch,
     )
+    pipeline.on_committed = views.write_through
     pipeline_service = PipelineService(pipeline, loop=app.loop, beacon=app.beacon)
     view_service = ViewService(views, loop=app.loop, beacon=app.beacon)
     app.on_startup_finished = None

@@ -13,8 +13,9 @@ The batch loop (:meth:`Pipeline.run_once`), in order:
    then per partition with anything to write, one transaction: outputs, the changed states to the changelog, the
    consumed offset; the partitions' transactions run concurrently, while the next batch is fetched and handled
    (so at most two batches' outputs are held in memory);
-6. per committed transaction: the changed states written to the local store with the changelog position, and the
-   counts published to the metrics. A partition whose transaction failed is dropped (its in-memory states are
+6. per committed transaction: the changed states written to the local store with the changelog position, the
+   counts published to the metrics, and its decisions and preference views written through to Redis (see
+   :mod:`streams.redis_view`). A partition whose transaction failed is dropped (its in-memory states are
    ahead of what was committed) and set up again from step 1: after a fencing error only once a rebalance gives
    it back (another worker owns it now), after any other error after a pause.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,17 +39,19 @@ from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, Off
 from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
-from streams.collector import Partitioner, RecordCollector, Topics
+from streams.collector import Partitioner, Record, RecordCollector, Topics
 from streams.metrics import ActiveBlocks, Metrics
 from streams.restore import restore
 from streams.settings import Settings
 from streams.state_store import PartitionStore, partition_path, store_options
 from streams.task import PartitionTask, Transaction, state_of
-from streams.transactions import PartitionProducer, is_fenced, transactional_id
+from streams.transactions import PartitionProducer, Written, is_fenced, transactional_id
 
 log = logging.getLogger("fatigue.pipeline")
 
 EngineFactory = Callable[[Loader], CustomerEngine]
+# (topic, partition, [(offset, (key, value, headers))], offset past the transaction's commit marker there)
+CommittedRecords = tuple[str, int, list[tuple[int, Record]], int]
 
 _SETUP_RETRY_S: Final = 2.0
 # a local store older than this is rebuilt from the whole changelog: half the changelog's delete.retention.ms, so a
@@ -88,6 +91,10 @@ class Pipeline:
         self._next_tick = 0.0
         # per partition, its transaction being written (at most one: a producer has one transaction at a time)
         self._in_flight: dict[int, asyncio.Future[None]] = {}
+        # told what each committed transaction wrote to the topics Redis follows (the Redis view writes it through
+        # at once, instead of waiting to read it back from those topics)
+        self.view_topics = (self.topics.decisions, self.topics.prefs)
+        self.on_committed: Callable[[list[CommittedRecords]], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -226,15 +233,25 @@ class Pipeline:
         try:
             if producer is None:
                 raise RuntimeError("no producer: the partition was dropped while its transaction waited")
-            end = await producer.write(
-                txn.out.records, offsets, self.settings.app_id, (self.topics.changelog, partition)
-            )
+            written = await producer.write(txn.out.records, offsets, self.settings.app_id)
         except Exception as error:
             await self._lose(partition, error)
             return
         self.metrics.transactions.labels(outcome="committed").inc()
         self.metrics.transaction_seconds.observe(time.monotonic() - started)
-        task.committed(txn, end)
+        changelog = written.get((self.topics.changelog, partition))
+        task.committed(txn, None if changelog is None else changelog.end)
+        if self.on_committed is not None:
+            await self.on_committed(self._view_records(txn, written))
+
+    def _view_records(self, txn: Transaction, written: dict[tuple[str, int], Written]) -> list[CommittedRecords]:
+        """What a committed transaction wrote to the topics Redis follows, each record with its offset."""
+        records = txn.out.records
+        return [
+            (topic, partition, list(zip(landed.offsets(), records[(topic, partition)], strict=True)), landed.end)
+            for (topic, partition), landed in written.items()
+            if topic in self.view_topics
+        ]
 
     async def _lose(self, partition: int, error: BaseException) -> None:
         """A transaction failed: nothing of it is visible. Drop the partition's task and producer; set it up again

@@ -24,6 +24,17 @@ compacted-away offsets hold none); the script refuses a batch that starts after 
 then lacks the records between (it restarted empty and a client reconnected silently, or it was restored from an
 older copy): the view reconciles instead of leaving a hole behind a watermark that claims more.
 
+Write-through. The records the worker's own pipeline commits to these topics are written the moment their
+transaction has committed (:meth:`ViewConsumer.write_through`, with the offsets the broker gave them and the
+offset past the commit marker as the batch's end), instead of a fetch later, once the consumer has read them back
+and the view's turn in the event loop has come. It goes through the same script, so it is as safe: a write-through
+that comes after an aborted transaction's records (a gap), or to a Redis that lost data, is refused by the script,
+and one that fails or takes too long is dropped (and write-through paused for a few seconds). Either way the
+consumer, which reads every record of the topics as before, writes those; it skips the Redis call only for
+batches this worker has written through up to their end. Only committed records are ever written through: a
+fenced zombie's commit fails, so it writes nothing through, and one frozen between its commit and its
+write-through is the stale reader above.
+
 The reconcile, made safe against stale readers the same way. It reads the topic up to its last stable offset ``E``
 (a snapshot: each key's latest record and its offset) and writes the snapshot through the same script, in chunks
 sorted by offset, each raising the watermark to its own last offset (the final one to ``E - 1``): it is a batch of
@@ -130,6 +141,14 @@ def watermark_key(prefix: str, topic: str, partition: int) -> str:
 
 # how often the view commits what it has written to its consumer group (see _write_and_commit)
 _COMMIT_INTERVAL_S = 1.0
+# a write-through waits at most this long for Redis (the pipeline's next transactions wait for it), and after a
+# failure none is tried for a while: the view's consumer writes those records meanwhile
+_THROUGH_TIMEOUT_S = 0.5
+_THROUGH_PAUSE_S = 5.0
+
+# (topic, partition, [(offset, (key, value, headers))], offset past the transaction's commit marker): what one
+# committed transaction of the pipeline wrote to one partition (streams.pipeline.CommittedRecords)
+CommittedRecords = tuple[str, int, Sequence[tuple[int, tuple[bytes | None, bytes | None, Any]]], int]
 
 
 @dataclass(slots=True)
@@ -208,7 +227,7 @@ class RedisView:
         gap_reconciled = False
         while True:
             try:
-                await self._maybe_reconcile(owned_partitions, partition)
+                await self.maybe_reconcile(owned_partitions, partition)
                 result = await self._write(partition, records, start=start, end=end)
                 if result.applied:
                     return
@@ -234,6 +253,12 @@ class RedisView:
                 log.warning("redis write failed (%s: %s); retrying in %.1fs", type(error).__name__, error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def write_through(self, partition: int, records: Sequence[Record], *, start: int, end: int) -> WriteResult:
+        """Records the pipeline has just committed, written once, without retrying or reconciling: a failure, or a
+        gap (an aborted transaction's records before them, a Redis that lost data), leaves them to the view's
+        consumer, which reads them from the topic. The same conditional script makes either order safe."""
+        return await self._write(partition, records, start=start, end=end)
 
     async def _write(self, partition: int, records: Sequence[Record], *, start: int, end: int) -> WriteResult:
         """One script call: the records of ``[start, end)`` above the watermark, which then becomes ``end - 1``."""
@@ -282,7 +307,7 @@ class RedisView:
             return "s", value, 0
         return "x", value, int(until_ms)
 
-    async def _maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]], partition: int) -> bool:
+    async def maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]], partition: int) -> bool:
         """Reconcile when needed (a failure, a gap, or Redis restarted); True when it did. ``partition``, whose
         batch is in hand, is always among those reconciled."""
         now = time.monotonic()
@@ -436,6 +461,34 @@ class ViewConsumer:
         self._batch_lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}  # written to Redis, not yet committed to the group
         self._committed_at = 0.0
+        # per partition, the offset up to which the pipeline's transactions were written through (write_through)
+        self._through: dict[TopicPartition, int] = {}
+        self._through_paused_until = 0.0
+
+    async def write_through(self, committed: Sequence[CommittedRecords]) -> None:
+        """Write what a transaction of this worker's pipeline has just committed, without waiting to read it back
+        from the topics: a decision reaches Redis a fetch (and the whole loop of this view) sooner. Bounded in
+        time, and paused for a while after a failure, so that a slow or lost Redis never holds the pipeline up;
+        whatever is not written here, the consumer writes (and retries, and reconciles) as before."""
+        if time.monotonic() < self._through_paused_until:
+            return
+        for topic, partition, landed, end in committed:
+            view = self.views.get(topic)
+            if view is None or not landed:
+                continue
+            records = [(offset, key, value) for offset, (key, value, _) in landed if key is not None]
+            try:
+                result = await asyncio.wait_for(
+                    view.write_through(partition, records, start=landed[0][0], end=end), timeout=_THROUGH_TIMEOUT_S
+                )
+            except (TimeoutError, RedisError, OSError) as error:
+                self._through_paused_until = time.monotonic() + _THROUGH_PAUSE_S
+                log.info("redis write-through failed (%s: %s); left to the consumer", type(error).__name__, error)
+                return
+            if result.applied:
+                tp = TopicPartition(topic, partition)
+                if end > self._through.get(tp, -1):
+                    self._through[tp] = end
 
     def owned_partitions(self, topic: str) -> list[int]:
         consumer = self._consumer
@@ -506,10 +559,15 @@ class ViewConsumer:
                     self._written[tp] = start
                 if not messages and position <= start:
                     continue
-                records = [(msg.offset, msg.key, msg.value) for msg in messages if msg.key is not None]
                 view = self.views[tp.topic]
                 owned = functools.partial(self.owned_partitions, tp.topic)
-                await view.apply(tp.partition, records, start=start, end=position, owned_partitions=owned)
+                if self._through.get(tp, -1) >= position:
+                    # written through by this worker's pipeline already (the watermark says so in Redis too); a
+                    # Redis that restarted since is still noticed here, and reconciled
+                    await view.maybe_reconcile(owned, tp.partition)
+                else:
+                    records = [(msg.offset, msg.key, msg.value) for msg in messages if msg.key is not None]
+                    await view.apply(tp.partition, records, start=start, end=position, owned_partitions=owned)
                 self._written[tp] = offsets[tp] = position
             self._uncommitted.update(offsets)
             now = time.monotonic()

@@ -37,6 +37,21 @@ _TEST_COMMIT_DELAY_S: Final = float(os.environ.get("FATIGUE_TEST_COMMIT_DELAY_S"
 _BATCH_BYTES: Final = 900_000
 
 
+class Written:
+    """Where one transaction's records of one topic partition landed: per batch sent, its first offset and record
+    count (records of a batch have consecutive offsets), and the offset past the transaction's commit marker."""
+
+    __slots__ = ("batches", "end")
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+        self.end = 0
+
+    def offsets(self) -> list[int]:
+        """Each record's offset, in the order the records were given."""
+        return [base + index for base, count in self.batches for index in range(count)]
+
+
 def transactional_id(app_id: str, topic: str, partition: int) -> str:
     return f"{app_id}-{topic}-{partition}"
 
@@ -74,9 +89,9 @@ class PartitionProducer:
         records: Mapping[tuple[str, int], list[Record]],
         offsets: Mapping[TopicPartition, int] | None,
         group_id: str,
-        changelog: tuple[str, int] | None,
-    ) -> int | None:
-        """One transaction: every record and the consumed offsets, committed together."""
+    ) -> dict[tuple[str, int], Written]:
+        """One transaction: every record and the consumed offsets, committed together. Where each topic
+        partition's records landed."""
         producer = self._producer
         await producer.begin_transaction()
         sent: list[tuple[tuple[str, int], Any, int]] = []
@@ -105,14 +120,16 @@ class PartitionProducer:
         if _TEST_COMMIT_DELAY_S:
             await asyncio.sleep(_TEST_COMMIT_DELAY_S)
         await producer.commit_transaction()
-        end: int | None = None
+        written: dict[tuple[str, int], Written] = {}
         for (where, _, count), metadata in zip(sent, delivered, strict=True):
-            if where == changelog:
-                # past this transaction's commit marker, which follows its last record on the changelog partition
-                # (one writer per partition: every other producer of its id is fenced), so that a restore finds
-                # nothing to read instead of waiting on a fetch that returns only the marker
-                end = max(end or 0, metadata.offset + count + 1)
-        return end
+            landed = written.get(where)
+            if landed is None:
+                landed = written[where] = Written()
+            landed.batches.append((metadata.offset, count))
+            # past this transaction's commit marker, which follows its last record on the partition (one writer
+            # per partition: every other producer of its id is fenced)
+            landed.end = max(landed.end, metadata.offset + count + 1)
+        return written
 
     async def stop(self) -> None:
         # a fenced or broken producer may fail to stop cleanly: nothing of it can become visible anyway

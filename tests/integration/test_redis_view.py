@@ -17,8 +17,10 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from streams.collector import Record as CollectedRecord
 from streams.metrics import Metrics
 from streams.redis_view import (
     Record,
@@ -31,6 +33,7 @@ from streams.redis_view import (
     watermark_key,
 )
 from streams.sender import BlockFollower
+from streams.transactions import PartitionProducer
 from tests.e2e.harness import GuardDeployment, free_server_port
 
 
@@ -618,3 +621,71 @@ def test_readers_return_exactly_the_committed_records_and_end_after_a_transactio
         open_one.close()
         producer.close()
         kafka_admin.delete_topics([topic], timeout_ms=30000, raise_errors=False)
+
+
+def test_a_committed_transaction_is_written_through_and_a_gap_is_left_to_the_consumer(
+    bootstrap_servers: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    redis_key_prefix: str,
+    topic_factory: Callable[..., str],
+):
+    """What the pipeline commits reaches Redis at once (write-through), up to the transaction's commit marker, and
+    the view's consumer does not write it again; records after an aborted transaction leave a gap that
+    write-through refuses (Redis would claim offsets it lacks): the consumer then writes them from the topic."""
+    prefix = redis_key_prefix.rstrip(":")
+    topic = topic_factory("blocks", partitions=1, config={"cleanup.policy": "compact"})
+    now_ms = int(time.time() * 1000)
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        views = ViewConsumer(
+            [_view(client, topic, bootstrap_servers, prefix, metrics, partitions=1)],
+            bootstrap=bootstrap_servers,
+            group_id=f"{prefix}.redis-view",
+            batch=50,
+        )
+        ours = PartitionProducer(bootstrap_servers, f"{prefix}-txn", transaction_timeout_ms=60_000)
+        other = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=f"{prefix}-aborted")
+        await ours.start()
+        await other.start()
+
+        async def commit(records: list[tuple[bytes, bytes | None]]) -> int:
+            batch: list[CollectedRecord] = [(key, value, None) for key, value in records]
+            landed = (await ours.write({(topic, 0): batch}, None, "unused"))[(topic, 0)]
+            await views.write_through([(topic, 0, list(zip(landed.offsets(), batch, strict=True)), landed.end)])
+            return landed.end
+
+        try:
+            end = await commit([(b"sms:a", _block("a", now_ms + 600_000)), (b"sms:b", _block("b", now_ms + 600_000))])
+            assert redis_client.get(block_key(prefix, b"sms:a")) == _block("a", now_ms + 600_000)
+            assert int(redis_client.get(watermark_key(prefix, topic, 0)) or -1) == end - 1, "up to the marker"
+            assert _writes(metrics) == {"set": 2, "del": 0}
+
+            await other.begin_transaction()
+            await other.send_and_wait(topic, key=b"sms:b", value=_allow("b"), partition=0)
+            await other.abort_transaction()
+            end = await commit([(b"sms:a", _allow("a"))])
+            assert redis_client.get(block_key(prefix, b"sms:a")) is not None, "a gap: nothing written through"
+            assert int(redis_client.get(watermark_key(prefix, topic, 0)) or -1) < end - 1
+
+            consuming = asyncio.create_task(views.run())
+            try:
+                deadline = time.monotonic() + 60
+                while (lags := await views.lags()) != {(topic, 0): 0}:
+                    assert time.monotonic() < deadline, f"the view did not catch up: {lags}"
+                    await asyncio.sleep(0.2)
+            finally:
+                consuming.cancel()
+                await asyncio.gather(consuming, return_exceptions=True)
+        finally:
+            await ours.stop()
+            await other.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
+    assert _held_blocks(redis_client, prefix) == {block_key(prefix, b"sms:b").encode(): _block("b", now_ms + 600_000)}
+    # the consumer wrote the allow after the gap; the first transaction's blocks were written once, by write-through
+    # (a first consumer run reconciles from the topic, which writes nothing Redis already holds at its offset)
+    assert _writes(metrics) == {"set": 2, "del": 1}
