@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         "partitioner, as Java clients), acks=all. Every event is first checked as the worker checks it; a run with "
         "an invalid event sends nothing.",
         epilog="Exit status: 0 every event sent; 1 an event invalid (nothing sent, unless --skip-invalid) or refused "
-        "by the broker (the others are sent); 2 nothing tried: bad options or input, broker unreachable, topic "
+        "by the broker (the others are sent); 2 nothing tried: bad options or policy, broker unreachable, topic "
         "missing.",
     )
     parser.add_argument(
