@@ -24,6 +24,9 @@ help:
 	@echo "make stack-status  show whether the stack runs and answers"
 	@echo "make stack-down    stop the stack (only the processes it started)"
 	@echo "make stack-reset   stop the stack and wipe its Kafka/Redis data (jars are kept)"
+	@echo "make cluster-up    start the cluster profile: 3 Kafka brokers + Redis Cluster of 3 masters, 3 replicas"
+	@echo "make cluster-status  show each broker and Redis node of the cluster profile"
+	@echo "make cluster-down  stop the cluster profile (only the processes it started)"
 	@echo "make lint          ruff + mypy"
 	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow, PYTEST_WORKERS=0 for one process; CI=1 stops the stack after)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
@@ -67,6 +70,19 @@ stack-status:
 
 stack-reset:
 	@$(STACK) reset
+
+# The cluster profile: 3 Kafka brokers + a Redis Cluster of 3 masters and 3 replicas (README, "Cluster profile").
+# Not part of `make test`; its tests (-m cluster) run after `eval "$$($(STACK) env --cluster)"`.
+.PHONY: cluster-up cluster-down cluster-status
+
+cluster-up:
+	@$(STACK) up --cluster
+
+cluster-down:
+	@$(STACK) down --cluster
+
+cluster-status:
+	@$(STACK) status --cluster
 
 lint: venv
 	$(BIN)/ruff check .

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # these run on the real infrastructure and parse their own options (see streams/)
     commands.add_parser("worker", help="run the streaming guard (Faust worker); see fatigue worker --help")
-    commands.add_parser("send", help="produce events to the input topic; see fatigue send --help")
+    commands.add_parser(
+        "send", help="check events against the contract and produce them to the input topic; see fatigue send --help"
+    )
     commands.add_parser("check", help="show a customer's blocks and preferences in Redis; see fatigue check --help")
     commands.add_parser("follow", help="print block decisions, current then live, like a dialer sees them")
     commands.add_parser("filter", help="keep the audience ids that may be contacted now (Redis, bulk)")

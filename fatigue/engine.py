@@ -21,7 +21,7 @@ from mypy_extensions import mypyc_attr
 
 from fatigue.events import CHANNEL_INDEX, CHANNELS, Event, Rejection
 from fatigue.policy import Policy
-from fatigue.state import SCOPE_ALL, CustomerState
+from fatigue.state import SCOPE_ALL, CustomerState, remembered
 from fatigue.timeutil import format_duration, format_ms
 
 EMAIL: Final = CHANNEL_INDEX["email"]
@@ -37,6 +37,7 @@ _MAX_KEPT_FOR_GRACE: Final = 16
 _CONVERSATION_SIGNAL: Final = 3  # the kind of a superseded conversation (0-2: a complaint on that channel)
 _TIMEZONE_FACT: Final = 3  # the kind of a superseded time zone (0-2: quiet hours of that channel)
 _TRIM_PERIOD_MS: Final = 3_600_000
+_ERASED_AT: Final = 0  # the instant of an erased customer's opt-out: none kept (see _erase)
 
 
 class Step:
@@ -203,7 +204,8 @@ class Guard:
         return step
 
     def current_decisions(self, state: CustomerState, now_ms: int | None = None) -> list[dict[str, Any]]:
-        """The block decisions in force (as last emitted), e.g. to re-send them idempotently after a redelivery."""
+        """The block decisions in force at ``now_ms`` (default: the customer's newest event), as the state keeps
+        them: as emitted, without their evidence (see :meth:`evidence` to render it from the facts kept)."""
         at = state.watermark_ms if now_ms is None else now_ms
         return [
             record[1]
@@ -212,12 +214,33 @@ class Guard:
         ]
 
     def latest_decisions(self, state: CustomerState) -> list[dict[str, Any]]:
-        """The last decision emitted per channel (a block, or a recent allow), as remembered in the state.
-
-        After a crash the state can be ahead of the decisions topic; re-sending these on a redelivered event
-        repairs the topic and Redis idempotently, because a compacted topic only keeps the latest per key.
-        """
+        """The last decision emitted per channel (a block, or an allow within the late grace), as the state keeps
+        it: without its evidence, which was published with it and never feeds a later decision."""
         return [record[1] for record in state.emitted if record is not None]
+
+    def evidence(self, state: CustomerState, channel: str, at_ms: int) -> dict[str, Any]:
+        """The evidence ``{"rules": [...]}`` a block decided on ``channel`` at ``at_ms`` would carry, rendered from
+        the facts the state keeps now: every block in force at that instant, the one a decision follows first
+        (``rules`` is empty when nothing blocks the channel then).
+
+        The state keeps decisions without their evidence; this is for the customer's right of access
+        (fatigue.inspect). Like the engine's own evaluations, it is meant for instants at or after the customer's
+        newest event: windows count every contact kept.
+        """
+        index = CHANNEL_INDEX[channel]
+        candidates = self._candidates(state, index, at_ms)
+        candidates += self._shared_candidates(state, at_ms)
+        candidates.sort(key=_candidate_key)
+        rules: list[dict[str, Any]] = []
+        erased = False
+        for candidate in candidates:
+            if candidate[5] == _RENDER_OPT_OUT and candidate[6][0] == _ERASED_AT:
+                # an erased customer's suppression keeps no instant: rendered as its decision was (see _erase)
+                rules.append(_erased_opt_out(candidate[3], candidate[2], candidate[4], candidate[6][2]))
+                erased = True
+            else:
+                rules.append(_render(candidate))
+        return {"rules": rules, "erased": True} if erased else {"rules": rules}
 
     # ------------------------------------------------------------------ event handlers
 
@@ -235,7 +258,7 @@ class Guard:
             if fact is None or not fact[1]:
                 continue
             source = fact[2]
-            minimal.opt_outs[channel] = [0, True, source]  # no instant: only that the customer opted out
+            minimal.opt_outs[channel] = [_ERASED_AT, True, source]  # no instant: only that the customer opted out
             reason = _OPT_OUT_REASONS[source]
             rule = _opt_out_text(source, CHANNELS[channel])
             rule_id = f"opt_out.{source}"
@@ -249,16 +272,13 @@ class Guard:
                 "until": None,
                 "until_ms": None,
                 # a block's evidence always lists its rules (consumers and the schema rely on it)
-                "evidence": {
-                    "rules": [{"rule_id": rule_id, "reason": reason, "rule": rule, "until": None, "source": source}],
-                    "erased": True,
-                },
+                "evidence": {"rules": [_erased_opt_out(rule_id, reason, rule, source)], "erased": True},
                 "policy_version": self.policy.version,
                 "decided_at": format_ms(event.ts_ms),
                 "decided_at_ms": event.ts_ms,
                 "cause_event_id": event.event_id,
             }
-            minimal.emitted[channel] = [event.ts_ms, decision]
+            minimal.emitted[channel] = [event.ts_ms, remembered(decision)]
             decisions.append(decision)
         kept = minimal if decisions else None
         return Step(kept, decisions=decisions, erased=True)
@@ -564,7 +584,7 @@ class Guard:
                 if previous is not None:
                     allow = self._allow(state, channel, previous, lift_reason, cause_event_id, cause_ms)
                     decisions.append(allow)
-                    emitted[channel] = [cause_ms, allow]
+                    emitted[channel] = [cause_ms, remembered(allow)]
                     _trim_due_by(state, cause_ms + self._late_grace_ms + 1)
                 elif (
                     record is not None
@@ -586,7 +606,7 @@ class Guard:
                 continue
             decision = self._block(state, channel, winner, candidates, now, cause_event_id, cause_ms, rendered)
             since = record[0] if previous is not None and record is not None else cause_ms
-            emitted[channel] = [since, decision]
+            emitted[channel] = [since, remembered(decision)]
             if winner[1] is not None:
                 _trim_due_by(state, winner[1] + self._late_grace_ms)
             decisions.append(decision)
@@ -1287,6 +1307,11 @@ def _render_opt_out(candidate: _Candidate) -> dict[str, Any]:
         "opted_out_at": format_ms(fact[0]),
         "source": fact[2],
     }
+
+
+def _erased_opt_out(rule_id: str, reason: str, rule: str, source: str) -> dict[str, Any]:
+    # an erased customer's suppression: the opt-out rule and its source, no instant
+    return {"rule_id": rule_id, "reason": reason, "rule": rule, "until": None, "source": source}
 
 
 def _render_complaint(candidate: _Candidate) -> dict[str, Any]:

@@ -16,7 +16,12 @@ from fatigue.timeutil import format_duration, format_ms, format_optional_ms
 
 
 def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> dict[str, Any]:
-    """What is stored about the customer and what it means at ``now_ms`` (default: their newest event time)."""
+    """What is stored about the customer and what it means at ``now_ms`` (default: their newest event time).
+
+    Each block in force comes with its evidence at that instant, rendered from the facts kept (the state keeps
+    no decision's evidence): the rules blocking the channel then, which may have moved on since the block was
+    decided (a window slides, a newer signal adds a rule).
+    """
     policy = guard.policy
     at = now_ms if now_ms is not None else (state.watermark_ms or 0)
     counts: dict[str, dict[str, Any]] = {}
@@ -38,7 +43,7 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
             "rule": decision["rule"],
             "until": decision["until"],
             "decided_at": decision["decided_at"],
-            "evidence": decision["evidence"],
+            "evidence": _evidence(guard, state, decision, at),
         }
         for decision in guard.current_decisions(state, at)
     ]
@@ -116,7 +121,17 @@ def explain(guard: Guard, state: CustomerState, now_ms: int | None = None) -> di
         "trimmed_entries": state.trimmed,
         "stored_fields": (
             "pseudonymous customer id, contact timestamps per channel, outcome timestamps, preferences, "
-            "event ids within the late grace, and the last decision per channel; no phone numbers, addresses "
-            "or message bodies"
+            "event ids within the late grace, and the last decision per channel (without its evidence); no phone "
+            "numbers, addresses or message bodies"
         ),
     }
+
+
+def _evidence(guard: Guard, state: CustomerState, decision: dict[str, Any], at: int) -> dict[str, Any]:
+    """The evidence of a block in force at ``at``, from the facts kept; what the decision itself says when the
+    facts no longer show it (e.g. the policy that decided it has changed since), rather than nothing."""
+    evidence = guard.evidence(state, decision["channel"], at)
+    if not evidence["rules"]:
+        fields = ("rule_id", "reason", "rule", "until")
+        evidence["rules"].append({field: decision[field] for field in fields})
+    return evidence

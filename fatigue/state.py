@@ -32,10 +32,11 @@ SCOPE_ALL = 3
 #   unread block:  [since_ms, until_ms, cause_event_id, streak]
 #   settled email: [deadline_ms, contact_event_id, streak after it (0: opened in time)], kept while an open for it
 #                  can still be accepted; ``unread_prior`` is the unread block the forgotten ones gave
-#   emitted:       [blocked_since_ms, decision]                  (the last block decision sent for a channel)
-#                  serialised as [blocked_since_ms, [action, reason, rule, rule_id, until_ms, evidence,
+#   emitted:       [blocked_since_ms, decision]  (the last decision sent for a channel, without its evidence)
+#                  serialised as [blocked_since_ms, [action, reason, rule, rule_id, until_ms, null,
 #                  policy_version, decided_at_ms, cause_event_id(, suggest)]]: the customer, the channel and the
-#                  rendered instants are derived again on load (see _pack_decision)
+#                  rendered instants are derived again on load (see _pack_decision); the null is where earlier
+#                  versions stored the evidence
 
 
 class CustomerState:
@@ -197,11 +198,23 @@ class CustomerState:
         return f"CustomerState({self.to_dict()!r})"
 
 
-def _pack_decision(decision: dict[str, Any]) -> list[Any]:
-    """A stored decision without what the state already knows: half the bytes of the decision itself.
+def remembered(decision: dict[str, Any]) -> dict[str, Any]:
+    """``decision`` as the state keeps it: without its evidence, which is published with it and never read again.
 
-    The last decision per channel is kept so that it can be re-sent byte-for-byte after a crash; its customer,
-    channel and rendered ``until`` / ``decided_at`` are derived again by :func:`_unpack_decision`.
+    The engine reads only the action, rule, reason and instants of a channel's last decision (to lift it, to skip
+    an unchanged block, to judge a contact); the evidence is most of a decision's bytes.
+    """
+    kept = decision.copy()
+    del kept["evidence"]
+    return kept
+
+
+def _pack_decision(decision: dict[str, Any]) -> list[Any]:
+    """A stored decision without what the state already knows: its customer, channel and rendered ``until`` /
+    ``decided_at`` are derived again by :func:`_unpack_decision`.
+
+    The evidence's slot stays, as null: the positions are those of the states earlier versions wrote, which they
+    can still read (a rollback), and it costs 5 bytes.
     """
     packed = [
         decision["action"],
@@ -209,7 +222,7 @@ def _pack_decision(decision: dict[str, Any]) -> list[Any]:
         decision["rule"],
         decision["rule_id"],
         decision["until_ms"],
-        decision["evidence"],
+        None,
         decision["policy_version"],
         decision["decided_at_ms"],
         decision["cause_event_id"],
@@ -220,10 +233,14 @@ def _pack_decision(decision: dict[str, Any]) -> list[Any]:
 
 
 def _unpack_decision(packed: list[Any] | dict[str, Any], customer_id: str, channel: int) -> dict[str, Any]:
+    """The decision as the engine remembers it; one stored with its evidence by an earlier version loads without
+    it, so that a restored old state behaves and compares as one written now."""
     if isinstance(packed, dict):
-        return packed  # stored whole by an earlier version
-    action, reason, rule, rule_id, until_ms, evidence, policy_version, decided_at_ms, cause_event_id = packed[:9]
-    # the key order of the engine's decisions, so that a re-sent decision has the same bytes
+        # stored whole by an earlier version
+        return {key: value for key, value in packed.items() if key != "evidence"}
+    # the evidence's slot (5) is null, or the evidence an earlier version stored
+    action, reason, rule, rule_id, until_ms, _, policy_version, decided_at_ms, cause_event_id = packed[:9]
+    # the key order of the engine's decisions (less the evidence), so that equal decisions have equal bytes
     decision = {
         "customer_id": customer_id,
         "channel": CHANNELS[channel],
@@ -233,7 +250,6 @@ def _unpack_decision(packed: list[Any] | dict[str, Any], customer_id: str, chann
         "rule_id": rule_id,
         "until": format_optional_ms(until_ms),
         "until_ms": until_ms,
-        "evidence": evidence,
         "policy_version": policy_version,
         "decided_at": format_ms(decided_at_ms),
         "decided_at_ms": decided_at_ms,

@@ -97,7 +97,8 @@ class Scenario:
 
     # ---- views
     def current(self, channel: str, now_ms: int | None = None) -> dict[str, Any] | None:
-        """The block decision in force on ``channel`` (at the watermark, or ``now_ms``), if any."""
+        """The block decision in force on ``channel`` (at the watermark, or ``now_ms``), if any, as the state keeps
+        it: without its evidence (the decision published, in :attr:`decisions`, has it)."""
         if self.state is None:
             return None
         for decision in self.guard.current_decisions(self.state, now_ms):

@@ -1,4 +1,5 @@
-"""Small operator tools on the real infrastructure: ``fatigue send`` and ``fatigue check``."""
+"""Small operator tools on the real infrastructure: ``fatigue check``, ``follow``, ``filter``, ``erase``, ``inspect``;
+``fatigue send`` is in :mod:`streams.send_cli`."""
 
 from __future__ import annotations
 
@@ -11,41 +12,9 @@ from collections.abc import Iterator
 import orjson
 
 from fatigue.events import CATEGORIES, CHANNELS
+from streams.send_cli import send_main
 
-
-def _events(arguments: list[str]) -> Iterator[bytes]:
-    if arguments:
-        for argument in arguments:
-            yield argument.encode()
-    else:
-        for line in sys.stdin.buffer:
-            if line.strip():
-                yield line.strip()
-
-
-def send_main(argv: list[str]) -> int:
-    """Produce contract events (arguments, or JSON lines on stdin) keyed by their customer_id."""
-    parser = argparse.ArgumentParser(prog="fatigue send", description=send_main.__doc__)
-    parser.add_argument("events", nargs="*", help="JSON events; read from stdin when none are given")
-    parser.add_argument("--bootstrap", default=os.environ.get("FATIGUE_BOOTSTRAP", "127.0.0.1:19092"))
-    parser.add_argument("--topic", default=os.environ.get("FATIGUE_EVENTS_TOPIC", "fatigue.events.v1"))
-    args = parser.parse_args(argv)
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=5)
-    sent = 0
-    for raw in _events(args.events):
-        try:
-            body = orjson.loads(raw)
-            key = body.get("customer_id") if isinstance(body, dict) else None
-        except orjson.JSONDecodeError:
-            key = None  # sent anyway: the guard dead-letters it with its reason
-        producer.send(args.topic, key=key.encode() if isinstance(key, str) else None, value=raw)
-        sent += 1
-    producer.flush()
-    producer.close()
-    print(f"sent {sent} event(s) to {args.topic}", file=sys.stderr)
-    return 0
+__all__ = ["check_main", "erase_main", "filter_main", "follow_main", "inspect_main", "send_main"]
 
 
 def check_main(argv: list[str]) -> int:

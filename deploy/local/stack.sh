@@ -3,8 +3,19 @@
 #   - a real single-node Apache Kafka 4 (KRaft, combined broker+controller) run from the Maven Central
 #     jars listed by deploy/local/kafka-pom.xml,
 #   - Redis: Debian's redis-server, or an existing one given by FATIGUE_REDIS_URL.
+# With --cluster, the cluster profile instead (deploy/local/stack-cluster.sh): 3 Kafka nodes (broker+controller,
+# 3-voter quorum, replication factor 3, min.insync.replicas 2) and a Redis Cluster of 3 masters + 3 replicas.
+# Both profiles can run at the same time; --cluster commands never touch the single-node stack.
 #
 # Usage: deploy/local/stack.sh up [--fresh] | down | status | env | reset | logs
+#        deploy/local/stack.sh up [--fresh] | down | status | env | reset | logs  --cluster
+#   Cluster faults (cluster profile only; --cluster optional):
+#        deploy/local/stack.sh kill-broker N     SIGKILL Kafka node N (1-3)
+#        deploy/local/stack.sh stop-broker N     stop node N cleanly (SIGTERM: controlled shutdown)
+#        deploy/local/stack.sh start-broker N    start node N again on its data; waits until it serves metadata
+#        deploy/local/stack.sh kill-redis PORT   SIGKILL the Redis Cluster node on PORT (17001-17006)
+#        deploy/local/stack.sh start-redis PORT  start it again on its nodes.conf and AOF; waits for cluster_state:ok
+#        deploy/local/stack.sh leader TOPIC [P]  the leader, replicas and ISR of each partition (with P: the leader id)
 #
 # Environment:
 #   FATIGUE_KAFKA_PORT             broker (PLAINTEXT) port            default 19092
@@ -15,6 +26,16 @@
 #   FATIGUE_KAFKA_HEAP_OPTS        broker heap                        default "-Xms256m -Xmx512m"
 #   FATIGUE_KAFKA_READY_TIMEOUT    seconds to wait for the broker     default 90
 #   FATIGUE_PYTHON                 python3 for the readiness probe (stdlib only)  default python3
+# Cluster profile (data, logs and pid files under <cache>/cluster):
+#   FATIGUE_CLUSTER_KAFKA_PORT          broker ports N..N+2 (node 1..3)        default 29092
+#   FATIGUE_CLUSTER_CONTROLLER_PORT     controller ports N..N+2                default 29192
+#   FATIGUE_CLUSTER_REDIS_PORT          Redis ports N..N+5 (bus: +10000)       default 17001
+#   FATIGUE_CLUSTER_KAFKA_HEAP_OPTS     heap of each broker                    default "-Xms128m -Xmx320m"
+#   FATIGUE_CLUSTER_READY_TIMEOUT       seconds to wait for the brokers        default 180
+#   FATIGUE_CLUSTER_REDIS_NODE_TIMEOUT  Redis cluster-node-timeout, ms         default 5000
+# `env --cluster` prints FATIGUE_BOOTSTRAP (the three brokers, comma-separated) and FATIGUE_REDIS_URL as
+#   redis://127.0.0.1:17001/0?cluster=1&addr=127.0.0.1:17002&...&addr=127.0.0.1:17006 : `cluster=1` means "use
+#   a Redis Cluster client", the host and the `addr` parameters are its startup nodes.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +48,9 @@ REDIS_PORT=${FATIGUE_REDIS_PORT:-16379}
 EXTERNAL_REDIS_URL=${FATIGUE_REDIS_URL:-}
 # A shell that ran `eval "$(stack.sh env)"` exports our own URL: that is not an external Redis.
 [[ $EXTERNAL_REDIS_URL == "redis://$HOST:$REDIS_PORT/0" ]] && EXTERNAL_REDIS_URL=''
+# Nor is the cluster profile's (`env --cluster`: redis://127.0.0.1:PORT/0?cluster=1&...), which a shell switching
+# back to this stack still exports.
+[[ $EXTERNAL_REDIS_URL == "redis://$HOST:"*"/0?cluster=1"* ]] && EXTERNAL_REDIS_URL=''
 # pid files and the broker's command line are compared by absolute path.
 CACHE=$(realpath -m "${FATIGUE_CACHE_DIR:-$REPO/.cache}")
 read -r -a HEAP_OPTS <<<"${FATIGUE_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
@@ -121,12 +145,13 @@ port_owner() {
     fi
 }
 
+# $3: the settings that move the ports, named in the error.
 require_free_port() {
-    local port=$1 what=$2 owner
+    local port=$1 what=$2 settings=${3:-FATIGUE_KAFKA_PORT / FATIGUE_KAFKA_CONTROLLER_PORT / FATIGUE_REDIS_PORT} owner
     if port_open "$port"; then
         owner=$(port_owner "$port")
         die "port $port ($what) is already in use by a process that this stack did not start${owner:+ ($owner)}." \
-            "Stop it, or choose other ports, e.g. FATIGUE_KAFKA_PORT / FATIGUE_KAFKA_CONTROLLER_PORT / FATIGUE_REDIS_PORT."
+            "Stop it, or choose other ports, e.g. $settings."
     fi
 }
 
@@ -564,10 +589,38 @@ usage() {
 }
 
 main() {
-    local cmd=${1:-}
-    [[ $# -gt 0 ]] && shift
+    local cmd='' cluster=0 arg
+    local -a args=()
+    # --cluster may stand anywhere; the first other word is the command.
+    for arg in "$@"; do
+        if [[ $arg == --cluster ]]; then
+            cluster=1
+        elif [[ -z $cmd ]]; then
+            cmd=$arg
+        else
+            args+=("$arg")
+        fi
+    done
     case $cmd in
-    up) cmd_up "$@" ;;
+    kill-broker | stop-broker | start-broker | kill-redis | start-redis | leader) cluster=1 ;;
+    esac
+    if ((cluster)); then
+        case $cmd in
+        -h | --help | help) usage ;;
+        "")
+            usage >&2
+            exit 2
+            ;;
+        *)
+            # shellcheck source=stack-cluster.sh source-path=SCRIPTDIR
+            source "$HERE/stack-cluster.sh"
+            cl_main "$cmd" ${args[@]+"${args[@]}"}
+            ;;
+        esac
+        return
+    fi
+    case $cmd in
+    up) cmd_up ${args[@]+"${args[@]}"} ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;

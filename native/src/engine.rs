@@ -731,9 +731,9 @@ impl Engine {
             if own.is_empty() && shared.is_empty() {
                 if previous_in_force {
                     let record = state.emitted[channel].as_ref().expect("in force");
-                    let allow = self.allow(&record.decision, lift_reason, cause_event_id, cause_ms);
+                    let (allow, evidence) = self.allow(&record.decision, lift_reason, cause_event_id, cause_ms);
                     decisions.push(EmittedDecision {
-                        json: allow.to_json(&state.customer_id, channel),
+                        json: allow.to_json(&state.customer_id, channel, &evidence),
                         block: false,
                         reason: allow.reason.clone(),
                         channel,
@@ -817,7 +817,6 @@ impl Engine {
                 rule: winner.text.clone().into_owned(),
                 rule_id: winner.rule_id.clone().into_owned(),
                 until_ms: winner.until,
-                evidence,
                 policy_version: self.policy.version.clone(),
                 decided_at_ms: cause_ms,
                 cause_event_id: cause_event_id.to_owned(),
@@ -831,7 +830,7 @@ impl Engine {
                 trim_due_by(state, until + late_grace_ms);
             }
             decisions.push(EmittedDecision {
-                json: decision.to_json(&state.customer_id, channel),
+                json: decision.to_json(&state.customer_id, channel, &evidence),
                 block: true,
                 reason: decision.reason.clone(),
                 channel,
@@ -1301,7 +1300,8 @@ impl Engine {
 
     // ------------------------------------------------------------------ decisions
 
-    fn allow(&self, previous: &Decision, reason: &str, cause_event_id: &str, cause_ms: i64) -> Decision {
+    /// The allow and its evidence (published with it, not kept).
+    fn allow(&self, previous: &Decision, reason: &str, cause_event_id: &str, cause_ms: i64) -> (Decision, String) {
         let mut evidence = String::with_capacity(96);
         evidence.push('{');
         push_key(&mut evidence, "lifted_reason", true);
@@ -1309,18 +1309,18 @@ impl Engine {
         push_key(&mut evidence, "lifted_until", false);
         push_opt_ms_str(&mut evidence, previous.until_ms);
         evidence.push('}');
-        Decision {
+        let allow = Decision {
             block: false,
             reason: reason.to_owned(),
             rule: format!("lifts: {}", previous.rule),
             rule_id: previous.rule_id.clone(),
             until_ms: None,
-            evidence,
             policy_version: self.policy.version.clone(),
             decided_at_ms: cause_ms,
             cause_event_id: cause_event_id.to_owned(),
             suggest: None,
-        }
+        };
+        (allow, evidence)
     }
 
     fn suggest(&self, state: &State, blocked: usize, now: i64) -> Option<&'static str> {

@@ -84,6 +84,8 @@ pub struct Settled {
     pub streak: i64,
 }
 
+/// A decision as the state keeps it: without its evidence, which is published with it (`to_json`) and never read
+/// again (fatigue.state.remembered).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub block: bool,
@@ -91,8 +93,6 @@ pub struct Decision {
     pub rule: String,
     pub rule_id: String,
     pub until_ms: Option<i64>,
-    /// the evidence object, as JSON text
-    pub evidence: String,
     pub policy_version: String,
     pub decided_at_ms: i64,
     pub cause_event_id: String,
@@ -114,9 +114,10 @@ impl Decision {
         self.block && self.until_ms.is_none_or(|until| until > at)
     }
 
-    /// The decision as the engine emits it (key order of fatigue/engine.py's decisions).
-    pub fn to_json(&self, customer_id: &str, channel: usize) -> String {
-        let mut out = String::with_capacity(256 + self.evidence.len());
+    /// The decision as the engine emits it, with its `evidence` (a JSON object), in the key order of
+    /// fatigue/engine.py's decisions.
+    pub fn to_json(&self, customer_id: &str, channel: usize, evidence: &str) -> String {
+        let mut out = String::with_capacity(256 + evidence.len());
         out.push('{');
         push_key(&mut out, "customer_id", true);
         push_str(&mut out, customer_id);
@@ -142,7 +143,7 @@ impl Decision {
         push_key(&mut out, "until_ms", false);
         push_opt_i64(&mut out, self.until_ms);
         push_key(&mut out, "evidence", false);
-        out.push_str(&self.evidence);
+        out.push_str(evidence);
         push_key(&mut out, "policy_version", false);
         push_str(&mut out, &self.policy_version);
         push_key(&mut out, "decided_at", false);
@@ -161,7 +162,7 @@ impl Decision {
         out
     }
 
-    /// fatigue.state._pack_decision
+    /// fatigue.state._pack_decision (null in the slot where earlier versions stored the evidence)
     fn pack(&self, out: &mut String) {
         out.push('[');
         push_str(out, self.action());
@@ -173,9 +174,7 @@ impl Decision {
         push_str(out, &self.rule_id);
         out.push(',');
         push_opt_i64(out, self.until_ms);
-        out.push(',');
-        out.push_str(&self.evidence);
-        out.push(',');
+        out.push_str(",null,");
         push_str(out, &self.policy_version);
         out.push(',');
         push_i64(out, self.decided_at_ms);
@@ -188,10 +187,15 @@ impl Decision {
         out.push(']');
     }
 
+    /// fatigue.state._unpack_decision: the evidence an earlier version stored (slot 5, or a whole decision's
+    /// key) is left out.
     fn unpack(value: &Value) -> Result<Decision, String> {
+        if value.is_object() {
+            return Decision::from_whole(value);
+        }
         let items = as_array(value)?;
         if items.len() < 9 {
-            return Err("a stored decision in the old (dict) layout".to_owned());
+            return Err("a stored decision of fewer than 9 items".to_owned());
         }
         Ok(Decision {
             block: as_string(&items[0])? == "block",
@@ -199,11 +203,29 @@ impl Decision {
             rule: as_string(&items[2])?,
             rule_id: as_string(&items[3])?,
             until_ms: as_opt_i64(&items[4])?,
-            evidence: serde_json::to_string(&items[5]).map_err(|error| error.to_string())?,
             policy_version: as_string(&items[6])?,
             decided_at_ms: as_i64(&items[7])?,
             cause_event_id: as_string(&items[8])?,
             suggest: if items.len() > 9 { Some(as_opt_string(&items[9])?) } else { None },
+        })
+    }
+
+    /// A decision stored whole, as an earlier version did.
+    fn from_whole(value: &Value) -> Result<Decision, String> {
+        let field = |key: &str| value.get(key).ok_or_else(|| format!("a stored decision without {key}"));
+        Ok(Decision {
+            block: as_string(field("action")?)? == "block",
+            reason: as_string(field("reason")?)?,
+            rule: as_string(field("rule")?)?,
+            rule_id: as_string(field("rule_id")?)?,
+            until_ms: as_opt_i64(field("until_ms")?)?,
+            policy_version: as_string(field("policy_version")?)?,
+            decided_at_ms: as_i64(field("decided_at_ms")?)?,
+            cause_event_id: as_string(field("cause_event_id")?)?,
+            suggest: match value.get("suggest") {
+                Some(suggest) => Some(as_opt_string(suggest)?),
+                None => None,
+            },
         })
     }
 }

@@ -13,6 +13,7 @@ import orjson
 import redis
 
 from fatigue.engine import Guard
+from fatigue.events import CHANNELS
 from fatigue.generate import generate_messages
 from fatigue.policy import load_policy
 from fatigue.replay import Replay, ReplayStats
@@ -49,10 +50,11 @@ class Expected:
     decisions: Tally
     rejections: Counter[tuple[str, bytes]]  # (reason, raw message)
     violations: Tally
-    blocks: dict[str, dict[str, Any]]  # Redis key -> decision in force at now_ms
+    blocks: dict[str, dict[str, Any]]  # Redis key -> decision in force at now_ms, as published (with its evidence)
     prefs: dict[str, dict[str, Any]]  # Redis key -> preferences view, for every customer that has one
     accepted_ids: set[str]
     # decisions-topic key -> the digest (in ``decisions``) and the last decision emitted for it: what compaction keeps
+    # (an erasure tombstones the keys of its customer it emits no decision for: they are left out)
     latest: dict[str, tuple[bytes, dict[str, Any]]]
     stats: ReplayStats
     now_ms: int
@@ -104,12 +106,19 @@ def expected_outputs(
                 preference_customers.add(body["customer_id"])
             elif body["type"] == "erase":
                 preference_customers.discard(body["customer_id"])  # the view is deleted with the customer
+                # and so is every decision key the erasure publishes no decision for (a tombstone)
+                kept = {_topic_key(decision) for decision in step.decisions}
+                for channel in CHANNELS:
+                    if f"{channel}:{body['customer_id']}" not in kept:
+                        latest.pop(f"{channel}:{body['customer_id']}", None)
     if wall_clock:
         emitted(replay.finish(now_ms - WALL_SETTLE_MS))
+    # the states keep their decisions without the evidence Redis holds: the last one published per key instead
+    # (the one its customer's state keeps), if it blocks at now_ms
     blocks = {
-        f"{deployment.redis_prefix}:block:{decision['channel']}:{decision['customer_id']}": decision
-        for state in replay.states.values()
-        for decision in guard.current_decisions(state, now_ms)
+        f"{deployment.redis_prefix}:block:{key}": decision
+        for key, (_, decision) in latest.items()
+        if _in_force(decision, now_ms)
     }
     prefs = {
         f"{deployment.redis_prefix}:prefs:{customer}": preferences_view(replay.states[customer])

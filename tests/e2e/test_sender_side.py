@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 import redis
@@ -58,12 +59,18 @@ def _clock(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
 
-def _replay(deployment: GuardDeployment, messages: list[tuple[bytes, bytes]]) -> tuple[Guard, Replay]:
+def _replay(
+    deployment: GuardDeployment, messages: list[tuple[bytes, bytes]]
+) -> tuple[Guard, Replay, dict[str, dict[str, Any]]]:
+    """The replay of ``messages``, and the last decision it published per decisions-topic key (with its evidence,
+    which the states do not keep)."""
     guard = Guard(load_policy(deployment.policy))
     replay = Replay(guard, check_key=True, partitions=deployment.partitions)
+    published: dict[str, dict[str, Any]] = {}
     for key, value in messages:
-        replay.feed(value, key)
-    return guard, replay
+        for decision in replay.feed(value, key).decisions:
+            published[f"{decision['channel']}:{decision['customer_id']}"] = decision
+    return guard, replay, published
 
 
 def test_dialer_follower_sees_current_then_live_blocks(deployment_factory: Callable[..., GuardDeployment]):
@@ -75,11 +82,11 @@ def test_dialer_follower_sees_current_then_live_blocks(deployment_factory: Calla
     deployment.produce(history)
     deployment.wait_until_settled(stable_s=6)
 
-    guard, replay = _replay(deployment, history)
+    _, _, published = _replay(deployment, history)
     expected = {
-        f"{d['channel']}:{d['customer_id']}": d
-        for state in replay.states.values()
-        for d in guard.current_decisions(state, now)
+        key: d
+        for key, d in published.items()
+        if d["action"] == "block" and (d["until_ms"] is None or d["until_ms"] > now)
     }
     follower = BlockFollower(deployment.bootstrap, deployment.topics["decisions"])
     try:
@@ -167,7 +174,7 @@ def test_inspect_matches_replay_and_erase_leaves_only_the_opt_out(
     deployment.start_worker("w1", "--web-port", str(port))
     deployment.produce(history)
     deployment.wait_until_settled(stable_s=6)
-    guard, replay = _replay(deployment, history)
+    guard, replay, _ = _replay(deployment, history)
 
     def inspect(customer: str) -> dict[str, object] | None:
         try:

@@ -222,12 +222,13 @@ def test_tcpa_uses_the_default_time_zone_without_a_preference():
     assert _tcpa_violations(at(0, hours=11), "call", timezone=None) == []
 
 
-def test_latest_decisions_remember_a_recent_allow_for_redelivery_repair():
+def test_latest_decisions_remember_a_recent_allow_without_its_evidence():
     s = Scenario()
     s.unsubscribe(at(0), "email")
     [allow] = s.preference(at(1), channel="email", opt_out=False).decisions
+    assert allow["evidence"] == {"lifted_reason": "unsubscribe", "lifted_until": None}  # published with it
     assert s.state is not None
-    assert s.guard.latest_decisions(s.state) == [allow]
+    assert s.guard.latest_decisions(s.state) == [{key: value for key, value in allow.items() if key != "evidence"}]
     assert s.current("email") is None  # an allow is not a block in force
     s.contact(at(2, hours=1), "sms")  # more than the late grace later: the allow is forgotten
     assert s.guard.latest_decisions(s.state) == []

@@ -84,6 +84,7 @@ def test_caps_match_a_brute_force_recount(history):
     state: CustomerState | None = None
     clock = T0
     sent: list[tuple[str, int, str, str]] = []
+    published: dict[str, dict] = {}  # the last decision published per channel, with its evidence
     for index, (advance, channel, category, lateness, resend) in enumerate(history):
         clock += advance
         if resend and sent:
@@ -111,6 +112,7 @@ def test_caps_match_a_brute_force_recount(history):
             blocked_by = oracle.winner(channel, ts)
         step = guard.process(state, event)
         state = step.state
+        published.update((decision["channel"], decision) for decision in step.decisions)
         if expected_rejection is not None:
             assert step.rejection is not None
             # ids are remembered for the late grace: an older redelivery is refused as late instead
@@ -137,10 +139,16 @@ def test_caps_match_a_brute_force_recount(history):
                 continue
             assert got is not None, (name, expected)
             assert (got["until_ms"], got["rule_id"]) == expected[:2]
-            evidence = {rule["rule_id"]: rule for rule in got["evidence"]["rules"]}
+            # kept without its evidence: the decision published carried it
+            assert "evidence" not in got and {**got, "evidence": published[name]["evidence"]} == published[name]
+            evidence = {rule["rule_id"]: rule for rule in published[name]["evidence"]["rules"]}
             # the evidence is the count at emission (the window has slid since): it reached the limit then
             limits = {rule.rule_id: rule.limit for rule in CAPS}
             assert evidence[expected[1]]["count"] >= limits[expected[1]]
+            # rendered again from the facts kept, it is the recount of now
+            rendered = {rule["rule_id"]: rule for rule in guard.evidence(state, name, now)["rules"]}
+            assert rendered[expected[1]]["count"] == expected[2]
+            assert rendered[expected[1]]["until"] == format_ms(expected[0])
 
 
 @settings(max_examples=200, deadline=None)

@@ -10,8 +10,9 @@ from jsonschema import Draft202012Validator
 
 from fatigue.engine import Guard
 from fatigue.inspect import explain
+from fatigue.policy import Policy
 from fatigue.replay import Replay
-from fatigue.testing import Scenario, at, policy_named
+from fatigue.testing import DAY, Scenario, at, policy_named
 from fatigue.timeutil import format_ms
 
 DECISION_SCHEMA = Draft202012Validator(
@@ -37,6 +38,15 @@ def test_inspect_explains_counts_signals_preferences_and_blocks():
     assert view["signals"]["short_hangups"] == [format_ms(at(1, hours=1))]
     assert view["preferences"]["quiet_hours"] == {"email": {"start": "21:00", "end": "08:00"}}
     assert {(b["channel"], b["reason"]) for b in view["active_blocks"]} == {("sms", "cap"), ("call", "short_hangups")}
+    # the state keeps no evidence: each block's is rendered at `at` from the facts kept
+    blocks = {b["channel"]: b for b in view["active_blocks"]}
+    published = {d["channel"]: d for d in s.decisions}
+    assert "evidence" not in s.guard.current_decisions(s.state)[0]
+    assert blocks["call"]["evidence"] == published["call"]["evidence"]
+    [sms_rule] = published["sms"]["evidence"]["rules"]
+    # the window has slid since the block was decided (the newest event is 3 h later)
+    assert blocks["sms"]["evidence"] == {"rules": [{**sms_rule, "window_start": format_ms(at(1, hours=3) - 7 * DAY)}]}
+    assert blocks["sms"]["evidence"] == s.guard.evidence(s.state, "sms", at(1, hours=3))
     # a week later the sms block has ended and the window is empty
     later = explain(s.guard, s.state, at(9))
     assert later["window_counts"]["cap.sms.7d"]["count"] == 0
@@ -88,6 +98,10 @@ def test_erased_customer_who_opted_out_stays_suppressed_with_nothing_else():
     data = kept.to_dict()
     assert set(data) == {"c", "w", "o", "e"}  # id, no watermark, the opt-out, its decision: nothing else
     assert data["w"] is None
+    # inspect shows the suppression's evidence as it was published, though the state keeps only the decision
+    [block] = explain(s.guard, kept, at(2))["active_blocks"]
+    assert block["evidence"] == decision["evidence"]
+    assert "evidence" not in s.guard.current_decisions(kept, at(2))[0]
     # still suppressed afterwards, and a later opt-in lifts it
     assert s.contact(at(3), "email").violations
     [allow] = s.preference(at(4), channel="email", opt_out=False).decisions
@@ -111,3 +125,19 @@ def test_a_partitioned_replay_goes_on_past_an_erased_customer_whose_unread_deadl
         assert step.rejection is None
     assert "gone" not in replay.states
     assert replay.finish(replay.newest_ms) == []
+
+
+def test_inspect_shows_what_a_block_says_when_the_facts_kept_no_longer_show_it():
+    """Under a policy without the rules that decided the blocks in force, inspect names each block's own rule."""
+    s = Scenario()
+    s.contact(at(0), "sms")
+    s.contact(at(1), "sms")
+    s.call_ended(at(1, hours=1), duration_s=4)
+    assert s.state is not None
+    view = explain(Guard(Policy(version="bare")), s.state)
+    published = {d["channel"]: d for d in s.decisions}
+    assert {b["channel"] for b in view["active_blocks"]} == {"sms", "call"}
+    for block in view["active_blocks"]:
+        decision = published[block["channel"]]
+        fields = ("rule_id", "reason", "rule", "until")
+        assert block["evidence"] == {"rules": [{field: decision[field] for field in fields}]}

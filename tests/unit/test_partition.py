@@ -32,6 +32,7 @@ from fatigue.state import CustomerState, preferences_view
 from fatigue.testing import DAY
 from tests.strategies import keyed_messages
 from tests.unit.test_native_parity import NO_NATIVE_ENV, RandomChooser, make_timeline, native_problem
+from tests.unit.test_state_encoding import as_written_before
 
 POLICIES = ("default", "tcpa", "reg-f")
 SETTLE_MS = 3_600_000
@@ -308,3 +309,42 @@ def test_native_engine_reads_a_store_of_bytes_like_values() -> None:
         assert native.take_dirty() == []
         assert native.evict(0) == len(stored) + 1
         assert native.resident() == 0
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("whole", [False, True], ids=["packed", "whole"])
+def test_a_changelog_stored_with_evidence_restores_to_the_same_outputs(engine: str, whole: bool) -> None:
+    """The previous versions stored each channel's last decision with its evidence (packed, or whole before that).
+    A partition restored from such a changelog gives the outputs and leaves the states of one restored from the
+    same states stored now, without the evidence."""
+    guard = Guard(load_policy("config/policies/default.toml"))
+    messages = list(generate_messages(8_000, 300, seed=13, start_ms=START_MS, span_days=20))
+    half = len(messages) // 2
+    first = PartitionDriver(PythonEngine(guard, lambda _: None), SETTLE_MS)
+    published: dict[str, dict[str, dict[str, object]]] = {}  # customer -> channel -> last decision published
+    for key, value in messages[:half]:
+        for record in first.feed(value, key).decisions:
+            decision = orjson.loads(record[1])
+            published.setdefault(decision["customer_id"], {})[decision["channel"]] = decision
+    store = {customer: raw for customer, raw in first.engine.take_dirty() if raw is not None}
+    old_store = {
+        customer: as_written_before(raw, published.get(customer, {}), whole=whole) for customer, raw in store.items()
+    }
+    assert sum(old != store[customer] for customer, old in old_store.items()) > 50
+    drivers = []
+    for stored in (store, old_store):
+        driver = PartitionDriver(ENGINES[engine](guard, stored.get), SETTLE_MS)
+        driver.time_ms = first.time_ms
+        for customer, raw in stored.items():
+            state = CustomerState.from_bytes(raw)
+            driver.restore(customer, state.watermark_ms, state.next_deadline_ms())
+        drivers.append(driver)
+    today, before = drivers
+    for number, (key, value) in enumerate(messages[half:]):
+        expected, got = today.feed(value, key), before.feed(value, key)
+        where = f"message {half + number} {value[:200]!r}"
+        assert got.decisions == expected.decisions and got.violations == expected.violations, where
+        assert (got.rejection is None) == (expected.rejection is None), where
+    for customer in store:
+        assert before.engine.state_bytes(customer) == today.engine.state_bytes(customer), customer
+    assert before.engine.take_dirty() == today.engine.take_dirty()

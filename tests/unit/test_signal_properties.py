@@ -20,6 +20,7 @@ from fatigue.events import Rejection, parse_event
 from fatigue.policy import Policy
 from fatigue.state import CustomerState
 from fatigue.testing import DAY, HOUR, MINUTE, T0, policy_named
+from fatigue.timeutil import format_ms
 
 DEFAULT = policy_named("default")
 # only the signal rules: no caps, so every block on call (email) comes from hang-ups (unread)
@@ -184,12 +185,16 @@ def _unread_winner(emails: dict[str, int], opens: dict[str, list[int]], now: int
 @example(  # five emails whose opens were delivered just before them: all read
     [(HOUR, "open_first", 0, 0, True, False)] * 5 + [(4 * DAY, "email", 0, 0, False, False)]
 )
+@example(  # emails sent at one instant: the streaks after the first end its block at the same instant
+    [(0, "email", 0, 0, False, False)] * 22 + [(1, "email", 0, 0, False, False), (3 * DAY, "email", 0, 0, False, False)]
+)
 def test_unread_mail_matches_a_brute_force_recount(history):
     guard = Guard(UNREAD)
     customer = Customer()
     emails: dict[str, int] = {}  # accepted marketing emails: event id -> sent at
     sent_emails: list[tuple[str, int]] = []  # every email sent (accepted or not), for opens to refer to
     opens: dict[str, list[int]] = {}  # accepted human opens by the email they are for
+    published: dict[str, dict] = {}  # the last decision published per channel, with its evidence
     state: CustomerState | None = None
     clock = T0
     sent: list[dict[str, object]] = []
@@ -222,7 +227,7 @@ def test_unread_mail_matches_a_brute_force_recount(history):
             )
         for body in bodies:
             sent.append(body)
-            state = _check_unread_step(guard, state, customer, emails, opens, body)
+            state = _check_unread_step(guard, state, customer, emails, opens, published, body)
 
 
 def _check_unread_step(
@@ -231,12 +236,14 @@ def _check_unread_step(
     customer: Customer,
     emails: dict[str, int],
     opens: dict[str, list[int]],
+    published: dict[str, dict],
     body: dict[str, object],
 ) -> CustomerState | None:
     event_id, ts = str(body["event_id"]), int(body["ts"])  # type: ignore[call-overload]
     accepted = customer.accepts(event_id, ts)
     step = _process(guard, state, body)
     state = step.state
+    published.update((decision["channel"], decision) for decision in step.decisions)
     if not accepted:
         assert step.rejection is not None and step.rejection.reason in ("duplicate", "late")
         return state
@@ -255,7 +262,14 @@ def _check_unread_step(
     assert got is not None, (expected, emails, opens)
     until, rule_id, email_id = expected
     assert (got["until_ms"], got["rule_id"], got["reason"]) == (until, rule_id, "unread")
-    (evidence,) = got["evidence"]["rules"]
+    # the state keeps the decision without its evidence, which was published with it
+    assert "evidence" not in got and {**got, "evidence": published["email"]["evidence"]} == published["email"]
+    (sent,) = published["email"]["evidence"]["rules"]
+    assert (sent["rule_id"], sent["until"]) == (rule_id, format_ms(until)) and sent["streak"] >= 5
+    # rendered again from the facts kept, the evidence names the email completing the latest streak (the one
+    # published may name an earlier one: a later streak with the same end is no new decision)
+    (evidence,) = guard.evidence(state, "email", customer.watermark)["rules"]  # type: ignore[arg-type]
+    assert (evidence["rule_id"], evidence["until"]) == (rule_id, format_ms(until))
     assert evidence["email_event_id"] == email_id
     assert evidence["streak"] >= 5
     return state
