@@ -1,4 +1,4 @@
-"""The guard's hot path: input batches in, one Kafka transaction per input partition and batch out.
+"""The guard's hot path: input batches in, a chain of Kafka transactions per input partition out.
 
 The batch loop (:meth:`Pipeline.run_once`), in order:
 
@@ -9,10 +9,14 @@ The batch loop (:meth:`Pipeline.run_once`), in order:
 3. each partition's task handles its records: outputs collected, states changed in memory only;
 4. on the timer tick, each task's wall-clock timers: expired blocks tombstoned, and on a quiet partition unread
    deadlines settled by wall clock;
-5. wait for the previous batch's transactions (they ran while this batch was fetched and handled);
-   then per partition with anything to write, one transaction: outputs, the changed states to the changelog, the
-   consumed offset; the partitions' transactions run concurrently, while the next batch is fetched and handled
-   (so at most two batches' outputs are held in memory);
+5. per partition with anything to write whose previous transaction has committed, its next one: outputs, the
+   changed states to the changelog, the consumed offset. The partitions' transactions run concurrently and
+   independently, while the loop fetches and handles on (a partition's work waits in its next transaction
+   meanwhile, and the next fetch waits only briefly for input so that it is sealed soon after); a partition
+   whose next transaction has grown to twice its share of a batch waits for its previous one first, which bounds
+   a transaction and what is held in memory and, under load, gives the commits the loop's time. One round of
+   transactions for all partitions per batch (each waiting for the slowest) cost a third more latency at 5k ev/s
+   and a tenth of the throughput (bench/README.md);
 6. per committed transaction: the changed states written to the local store with the changelog position, the
    counts published to the metrics, and its decisions and preference views written through to Redis (see
    :mod:`streams.redis_view`). A partition whose transaction failed is dropped (its in-memory states are
@@ -54,6 +58,8 @@ EngineFactory = Callable[[Loader], CustomerEngine]
 CommittedRecords = tuple[str, int, list[tuple[int, Record]], int]
 
 _SETUP_RETRY_S: Final = 2.0
+# how long a fetch waits for input while a partition's next transaction waits for its previous one to commit
+_CHAIN_POLL_MS: Final = 2
 # a local store older than this is rebuilt from the whole changelog: half the changelog's delete.retention.ms, so a
 # tombstone (an erasure) it lacks is still there to read
 _STORE_MAX_AGE_MS: Final = 43_200_000
@@ -163,7 +169,7 @@ class Pipeline:
         if self.to_set_up:
             await self._set_up_due()
         # 2. a batch from the ready partitions
-        wait_ms = int(self.settings.input_batch_wait_s * 1000)
+        wait_ms = _CHAIN_POLL_MS if self._waiting() else int(self.settings.input_batch_wait_s * 1000)
         try:
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.input_batch)
         except OffsetOutOfRangeError as error:
@@ -195,12 +201,35 @@ class Pipeline:
             if now >= self._next_tick:
                 self._next_tick = now + self.settings.tick_interval_s
                 await self._punctuate(consumer)
-            # 5. the previous batch's transactions are done (they ran while this batch was fetched and handled)
-            await self._await_in_flight()
-            # 6. one transaction per partition with anything to write, running while the next batch is fetched
-            for partition, task in self.tasks.items():
-                if task.pending():
-                    self._in_flight[partition] = asyncio.ensure_future(self._commit_task(task, task.seal()))
+            # 5. per partition, its next transaction
+            await self._start_transactions()
+
+    async def _start_transactions(self) -> None:
+        """Per partition with anything to write, its next transaction as soon as its previous one has committed
+        (they run while the loop fetches and handles on). A partition whose next transaction has grown past twice
+        its share of a batch while the previous one is still being written waits for that one first: under load
+        the commits then get the loop's time, and a transaction, and what is held in memory, stay bounded."""
+        cap = 2 * max(self.settings.input_batch // max(len(self.tasks), 1), 1)
+        for partition, task in list(self.tasks.items()):
+            if not task.pending():
+                continue
+            running = self._in_flight.get(partition)
+            if running is not None and not running.done():
+                if task.txn.handled < cap:
+                    continue  # sealed once its previous transaction is done (see _waiting)
+                await running
+                if self.tasks.get(partition) is not task:
+                    continue  # that transaction failed: the task was dropped with its work
+            self._in_flight[partition] = asyncio.ensure_future(self._commit_task(task, task.seal()))
+
+    def _waiting(self) -> bool:
+        """Whether a partition's next transaction waits for its previous one: the next fetch then waits only
+        briefly for input, so that the next transaction starts soon after the previous one is done."""
+        for partition, task in self.tasks.items():
+            running = self._in_flight.get(partition)
+            if running is not None and not running.done() and task.pending():
+                return True
+        return False
 
     async def _await_in_flight(self) -> None:
         in_flight = list(self._in_flight.values())
@@ -233,7 +262,13 @@ class Pipeline:
         try:
             if producer is None:
                 raise RuntimeError("no producer: the partition was dropped while its transaction waited")
-            written = await producer.write(txn.out.records, offsets, self.settings.app_id)
+            # bounded: a transaction the broker has not committed by its timeout it aborts anyway, and one that
+            # hangs in the client (seen once after a broker restart) would hold the partition up for good; a new
+            # producer then fences it, and the partition is set up again from what was committed
+            written = await asyncio.wait_for(
+                producer.write(txn.out.records, offsets, self.settings.app_id),
+                timeout=self.settings.transaction_timeout_s,
+            )
         except Exception as error:
             await self._lose(partition, error)
             return
