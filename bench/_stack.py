@@ -196,6 +196,10 @@ class Broker:
         transactions (the input); on the worker's outputs it includes transaction markers and aborted records."""
         return sum(self.consumer.end_offsets(self._tps(topic)).values())
 
+    def ends(self, topic: str) -> dict[int, int]:
+        """Per partition of ``topic``, its end offset."""
+        return {tp.partition: end for tp, end in self.consumer.end_offsets(self._tps(topic)).items()}
+
     def committed(self, group: str, topics: Iterable[str]) -> dict[str, int]:
         """Per topic, the sum of ``group``'s committed offsets (0 while the group has committed nothing)."""
         wanted = set(topics)

@@ -71,6 +71,7 @@ from typing import Any
 import _loadgen
 import _stack
 import orjson
+import redis
 from _stack import Broker, StackRun
 
 from fatigue.engine import Guard
@@ -409,7 +410,7 @@ def run_ours(
     run: StackRun, broker: Broker, total: int, expected: Expected, budget_s: float, engine: str, poll_s: float = 0.05
 ) -> Ours:
     """One ``fatigue worker --engine ENGINE`` over the pre-produced input until every input offset is committed
-    and the Redis view has committed everything on the decisions and preferences topics; then its outputs are
+    and Redis holds everything on the decisions and preferences topics (its watermarks); then its outputs are
     read committed and checked against the replay."""
     port = _stack.free_port()
     args, env = engine_run(engine)
@@ -417,18 +418,24 @@ def run_ours(
     # wall clock never takes over: the decisions are then exactly the replay's (no quiet-partition deadlines)
     process = run.start(run.worker_args(port, ["--quiet-after", "1e9", *args]), "worker.log")
     topics = run.topics
-    view_group = Settings(app_id=run.name).redis_view_group
+
+    redis_client = redis.Redis.from_url(run.redis_url)
 
     def in_redis() -> bool:
         # the input offsets are committed in the transactions that carry the outputs: once they all are, every
-        # decision is committed on the topic; the Redis view commits its group's offsets past the markers
-        ends = {topic: broker.end(topic) for topic in (topics["decisions"], topics["prefs"])}
-        committed = broker.committed(view_group, ends)
-        return all(committed[topic] >= end for topic, end in ends.items())
+        # decision is committed on the topic; Redis holds a partition up to its watermark, which the view's script
+        # raises with the keys it writes (past the transaction markers)
+        for topic in (topics["decisions"], topics["prefs"]):
+            for partition, end in broker.ends(topic).items():
+                held = redis_client.get(watermark_key(run.name, topic, partition))
+                if end > 0 and (held is None or int(held) < end - 1):
+                    return False
+        return True
 
     def describe() -> str:
-        committed = broker.committed(view_group, [topics["decisions"]])[topics["decisions"]]
-        return f", Redis view at {committed:,}/{broker.end(topics['decisions']):,} of the decisions topic's offsets"
+        ends = broker.ends(topics["decisions"])
+        held = sum(int(redis_client.get(watermark_key(run.name, topics["decisions"], p)) or -1) + 1 for p in ends)
+        return f", Redis at {held:,}/{sum(ends.values()):,} of the decisions topic's offsets"
 
     ours = Ours(engine)
     try:
