@@ -20,6 +20,7 @@ async def refresh_gauges(pipeline: Pipeline, views: ViewConsumer, metrics: Metri
     events = pipeline.topics.events
     metrics.assigned_partitions.labels(topic=events).set(len(owned))
     lags = pipeline.lags()
+    pipeline.warn_stalled(lags, time.monotonic())
     for topic in views.views:
         metrics.assigned_partitions.labels(topic=topic).set(len(views.owned_partitions(topic)))
     try:

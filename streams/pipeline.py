@@ -60,6 +60,8 @@ CommittedRecords = tuple[str, int, list[tuple[int, Record]], int]
 _SETUP_RETRY_S: Final = 2.0
 # how long a fetch waits for input while a partition's next transaction waits for its previous one to commit
 _CHAIN_POLL_MS: Final = 2
+# a partition with input to read whose position has not moved for this long is reported (warn_stalled)
+_STALL_S: Final = 30.0
 # a local store older than this is rebuilt from the whole changelog: half the changelog's delete.retention.ms, so a
 # tombstone (an erasure) it lacks is still there to read
 _STORE_MAX_AGE_MS: Final = 43_200_000
@@ -101,6 +103,8 @@ class Pipeline:
         # at once, instead of waiting to read it back from those topics)
         self.view_topics = (self.topics.decisions, self.topics.prefs)
         self.on_committed: Callable[[list[CommittedRecords]], Awaitable[None]] | None = None
+        # per partition: (next input offset, since when, last warned) for warn_stalled
+        self._progress: dict[int, tuple[int | None, float, float]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -499,6 +503,37 @@ class Pipeline:
             if end is not None:
                 lags[(self.topics.events, partition)] = max(end - (done or 0), 0)
         return lags
+
+    def warn_stalled(self, lags: dict[tuple[str, int], int], now: float) -> None:
+        """Log, at most once a minute per partition, an input partition whose committed offset has not moved for
+        _STALL_S while it has input to read or handled input to commit: what it waits for, to diagnose it (seen
+        after a broker restart in tests: records handled, never committed, no transaction in flight)."""
+        consumer = self.consumer
+        for partition, task in self.tasks.items():
+            offset = task.committed_offset
+            behind = lags.get((self.topics.events, partition), 0) > 0 or task.next_offset != offset
+            seen = self._progress.get(partition)
+            if seen is None or seen[0] != offset or not behind:
+                self._progress[partition] = (offset, now, 0.0)
+                continue
+            _, since, warned = seen
+            if now - since < _STALL_S or now - warned < 60:
+                continue
+            self._progress[partition] = (offset, since, now)
+            running = self._in_flight.get(partition)
+            paused = consumer is not None and TopicPartition(self.topics.events, partition) in consumer.paused()
+            log.warning(
+                "partition %d: nothing committed for %.0fs with %d records to read: next offset %s, committed %s, "
+                "paused %s, transaction in flight %s, next transaction holds %d records",
+                partition,
+                now - since,
+                lags.get((self.topics.events, partition), 0),
+                task.next_offset,
+                offset,
+                paused,
+                running is not None and not running.done(),
+                task.txn.handled,
+            )
 
     def partition_of(self, customer_id: str) -> int:
         return partition_for_key(customer_id.encode(), self.settings.partitions)
