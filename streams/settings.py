@@ -64,6 +64,12 @@ class Settings:
     sender_label_limit: int = 50
     # how often lag, state size and active blocks are refreshed for /metrics (a scrape every 15 s sees fresh values)
     gauge_interval_s: float = 5.0
+    # Replicas of each topic the worker creates; 0: the broker's default.replication.factor (1 on the single-node
+    # stack, 3 on the cluster profile), so one default fits both. Existing topics are not altered.
+    replication_factor: int = 0
+    # min.insync.replicas set on the topics the worker creates; 0: the broker's default (1 / 2). Writes are acks=all:
+    # a partition with fewer in-sync replicas than this refuses them.
+    min_insync_replicas: int = 0
     log_level: str = "info"
 
     @property
@@ -116,6 +122,8 @@ _ENV = {
     "session_timeout_s": "FATIGUE_SESSION_TIMEOUT",
     "engine": "FATIGUE_ENGINE",
     "gauge_interval_s": "FATIGUE_GAUGE_INTERVAL",
+    "replication_factor": "FATIGUE_REPLICATION_FACTOR",
+    "min_insync_replicas": "FATIGUE_MIN_INSYNC_REPLICAS",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 
@@ -164,4 +172,14 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
         raise SystemExit("fatigue worker: --gauge-interval must be > 0 (seconds)")
     if not 6 <= settings.session_timeout_s <= 1800:
         raise SystemExit("fatigue worker: --session-timeout must be 6 to 1800 seconds (the broker's bounds)")
+    if settings.replication_factor < 0 or settings.min_insync_replicas < 0:
+        raise SystemExit(
+            "fatigue worker: --replication-factor and --min-insync-replicas must be >= 0 (0: the broker's default)"
+        )
+    if 0 < settings.replication_factor < settings.min_insync_replicas:
+        # checked again against the broker's defaults when a topic is created (streams.topic_config)
+        raise SystemExit(
+            f"fatigue worker: --min-insync-replicas {settings.min_insync_replicas} is above --replication-factor "
+            f"{settings.replication_factor}: every acks=all write would be refused; lower it or add replicas"
+        )
     return settings

@@ -8,7 +8,7 @@ import sys
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AioTopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client import disable_created_metrics
 
@@ -17,6 +17,7 @@ from fatigue.clock import partition_for_key
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import tune_gc
 from streams.settings import Settings, settings_from
+from streams.topic_config import Cluster, creation_refusal, new_topic_spec, replication, topic_warnings
 
 log = logging.getLogger("fatigue.worker")
 
@@ -28,7 +29,8 @@ def ensure_topics(settings: Settings) -> None:
     """Create the guard's topics if missing. Refuse existing ones the guard cannot work with: an input topic or a
     compacted topic (decisions, preferences, the state changelog) whose partition count differs from ours (states
     and the Redis view's ownership of keys are co-partitioned with them), or a compacted topic that is not compacted
-    (retention would delete indefinite opt-outs and customers' states)."""
+    (retention would delete indefinite opt-outs and customers' states). Refuse to create topics with a replication
+    the cluster cannot give (see streams.topic_config); warn about existing topics that are fragile."""
     wanted = {
         settings.events_topic: {},
         settings.decisions_topic: _COMPACTED,
@@ -39,30 +41,65 @@ def ensure_topics(settings: Settings) -> None:
     }
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="fatigue-worker-admin")
     try:
+        cluster = _cluster(admin)
+        factor, min_isr = replication(settings, cluster)
         existing = {meta["name"]: meta for meta in admin.describe_topics(list(wanted)) if not meta.get("error_code")}
+        configs = _topic_configs(admin, list(existing))
         for name, config in wanted.items():
-            if name in existing:
-                count = len(existing[name]["partitions"])
-                if (name == settings.events_topic or config is _COMPACTED) and count != settings.partitions:
-                    raise SystemExit(
-                        f"fatigue worker: topic {name} has {count} partitions but --partitions is "
-                        f"{settings.partitions}; the state table and the Redis view are co-partitioned with it"
-                    )
-                if config is _COMPACTED and "compact" not in _cleanup_policy(admin, name):
-                    raise SystemExit(
-                        f"fatigue worker: topic {name} exists without cleanup.policy=compact; it must keep the "
-                        f"latest record per key for good (indefinite opt-outs): alter it or delete it"
-                    )
-                if name == settings.decisions_topic:
-                    _refuse_decisions_partitioned_by_key(settings)
+            if name not in existing:
                 continue
+            meta = existing[name]
+            count = len(meta["partitions"])
+            if (name == settings.events_topic or config is _COMPACTED) and count != settings.partitions:
+                raise SystemExit(
+                    f"fatigue worker: topic {name} has {count} partitions but --partitions is "
+                    f"{settings.partitions}; the state table and the Redis view are co-partitioned with it"
+                )
+            if config is _COMPACTED and "compact" not in configs[name].get("cleanup.policy", "delete").split(","):
+                raise SystemExit(
+                    f"fatigue worker: topic {name} exists without cleanup.policy=compact; it must keep the "
+                    f"latest record per key for good (indefinite opt-outs): alter it or delete it"
+                )
+            if name == settings.decisions_topic:
+                _refuse_decisions_partitioned_by_key(settings)
+            topic_factor = min((len(p["replica_nodes"]) for p in meta["partitions"]), default=0)
+            topic_min_isr = int(configs[name].get("min.insync.replicas", cluster.default_min_insync_replicas))
+            for warning in topic_warnings(name, topic_factor, topic_min_isr, factor):
+                log.warning("%s", warning)
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            refusal = creation_refusal(settings, cluster)
+            if refusal is not None:
+                raise SystemExit(refusal)
+            for warning in topic_warnings(", ".join(missing), factor, min_isr, factor):
+                log.warning("%s", warning)
+        for name in missing:
             try:
-                admin.create_topics([NewTopic(name, settings.partitions, 1, topic_configs=config)])
-                log.info("created topic %s (%d partitions)", name, settings.partitions)
+                admin.create_topics({name: new_topic_spec(settings, wanted[name])})
+                log.info(
+                    "created topic %s (%d partitions, %d replicas, min.insync.replicas %d)",
+                    name,
+                    settings.partitions,
+                    factor,
+                    min_isr,
+                )
             except TopicAlreadyExistsError:
                 pass
     finally:
         admin.close()
+
+
+def _cluster(admin: KafkaAdminClient) -> Cluster:
+    """The live brokers and their defaults for new topics (read from one of them: a cluster's brokers share them)."""
+    brokers = [b for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")]
+    keys = ["default.replication.factor", "min.insync.replicas"]
+    resource = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["broker_id"]), configs=keys)
+    described = next(iter(admin.describe_configs([resource], config_filter="all")["broker"].values()))
+    return Cluster(
+        live_brokers=len(brokers),
+        default_replication_factor=int(described["default.replication.factor"]["value"]),
+        default_min_insync_replicas=int(described["min.insync.replicas"]["value"]),
+    )
 
 
 def _refuse_decisions_partitioned_by_key(settings: Settings, sample: int = 200) -> None:
@@ -114,10 +151,14 @@ async def _misplaced_decision(settings: Settings, sample: int) -> tuple[bytes, i
         await consumer.stop()
 
 
-def _cleanup_policy(admin: KafkaAdminClient, topic: str) -> list[str]:
-    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=["cleanup.policy"])])
-    entry = described.get("topic", {}).get(topic, {}).get("cleanup.policy")
-    return str(entry["value"]).split(",") if entry else ["delete"]  # the broker's default
+def _topic_configs(admin: KafkaAdminClient, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's cleanup.policy and min.insync.replicas, the broker's defaults included."""
+    if not topics:
+        return {}
+    keys = ["cleanup.policy", "min.insync.replicas"]
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic, configs=keys) for topic in topics]
+    described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    return {topic: {key: str(entry["value"]) for key, entry in described.get(topic, {}).items()} for topic in topics}
 
 
 def main(argv: list[str] | None = None) -> int:
