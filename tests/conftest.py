@@ -114,7 +114,8 @@ def topic_factory(kafka_admin: KafkaAdminClient, unique_name: Callable[[str], st
 
     def create(prefix: str = "topic", partitions: int = 1, config: dict[str, str] | None = None) -> str:
         name = unique_name(prefix)
-        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": 1}
+        # -1: the broker's default.replication.factor, so the same tests run on the single node and the cluster
+        spec: dict[str, Any] = {"num_partitions": partitions, "replication_factor": -1}
         if config:
             spec["configs"] = {key: str(value) for key, value in config.items()}
         kafka_admin.create_topics({name: spec}, timeout_ms=30000)
