@@ -553,7 +553,7 @@ def test_readers_return_exactly_the_committed_records_and_end_after_a_transactio
     )
     topic = deployment.topics["decisions"]
     kafka_admin.create_topics(
-        {topic: {"num_partitions": 2, "replication_factor": 1, "configs": {"cleanup.policy": "compact"}}},
+        {topic: {"num_partitions": 2, "replication_factor": -1, "configs": {"cleanup.policy": "compact"}}},
         timeout_ms=30000,
     )
     kafka_admin.wait_for_topics([topic], timeout_ms=30000)
