@@ -121,6 +121,7 @@ _ENV = {
     "sender_label_limit": "FATIGUE_SENDER_LABEL_LIMIT",
     "session_timeout_s": "FATIGUE_SESSION_TIMEOUT",
     "engine": "FATIGUE_ENGINE",
+    "state_cache_customers": "FATIGUE_STATE_CACHE_CUSTOMERS",
     "gauge_interval_s": "FATIGUE_GAUGE_INTERVAL",
     "replication_factor": "FATIGUE_REPLICATION_FACTOR",
     "min_insync_replicas": "FATIGUE_MIN_INSYNC_REPLICAS",
