@@ -126,7 +126,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis | RedisCluster:
     target = parse_redis_url(url)
     if not target.cluster:
         return redis.Redis.from_url(target.url, **options)
-    nodes = [ClusterNode(host, port) for host, port in target.startup_nodes]
+    nodes = [ClusterNode(host, port) for host, port in target.startup_nodes]  # type: ignore[no-untyped-call]
     return RedisCluster(startup_nodes=nodes, **_cluster_options(target, options))
 
 
