@@ -4,11 +4,13 @@
   follows it live, keeping an in-memory suppression map with expiries (kafka-python, no consumer group needed),
   reading committed records only (the guard's transactions can abort).
 - :class:`PreSendCheck` (email platforms): ``is_allowed`` for one customer and a pipelined bulk ``filter`` over an
-  audience, from the Redis keys the guard maintains, honouring the customer's quiet hours in their time zone.
+  audience, from the Redis keys the guard maintains (streams.redis_keys), honouring the customer's quiet hours in
+  their time zone; on a single Redis or a Redis Cluster.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -20,10 +22,16 @@ from zoneinfo import ZoneInfo
 import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterError, RedisClusterException, RedisError, ResponseError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fatigue.events import CATEGORIES, CHANNELS, is_known_timezone, parse_clock_minute
 from fatigue.policy import Policy
 from fatigue.timeutil import parse_iso_ms
+from streams.redis_keys import block_key, check_prefix, customer_tag, prefs_key, sync_client
 
 Decision = dict[str, Any]
 ChangeHook = Callable[[str, Decision | None], None]
@@ -152,27 +160,138 @@ class Verdict:
 ALLOWED = Verdict(True)
 
 
+RedisClient = redis.Redis | RedisCluster
+Values = tuple[bytes | str | None, bytes | str | None]  # a customer's (block, prefs) values
+
+log = logging.getLogger(__name__)
+
+# One call per cluster node answers a chunk's customers of that node: the node builds each customer's two keys
+# from the ids (the key layout's head and tail around the id, passed in, so the format stays in redis_keys) and
+# returns (index, block, prefs) only for customers with something stored, most having nothing. The keys are not
+# declared: Redis 7 refuses declared keys of several slots even with allow-cross-slot-keys, which lets a script
+# read undeclared keys of any slot the node serves; a key of a slot it does not serve (a stale slot map, a
+# failover, a migration) fails the whole call ("non local key"), never a wrong nil. The ids come joined by a
+# separator none contains (one argument: far less for the client to encode), or one per argument when
+# ``sep`` is empty.
+LOOKUP_SCRIPT = """#!lua flags=no-writes,allow-cross-slot-keys
+local block_head, block_tail, prefs_head, prefs_tail, sep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local out, n = {}, 0
+local function look(index, id)
+  local values = redis.call('MGET', block_head .. id .. block_tail, prefs_head .. id .. prefs_tail)
+  if values[1] or values[2] then
+    out[n + 1], out[n + 2], out[n + 3] = index, values[1], values[2]
+    n = n + 3
+  end
+end
+if sep == '' then
+  for i = 6, #ARGV do look(i - 5, ARGV[i]) end
+else
+  local ids, index, pos = ARGV[6], 0, 1
+  local stop = #ids + 1
+  while pos <= stop do
+    local found = string.find(ids, sep, pos, true)
+    local last = found and found - 1 or stop - 1
+    index = index + 1
+    look(index, string.sub(ids, pos, last))
+    pos = last + 1 + #sep
+  end
+end
+return out
+"""
+SEPARATORS = ("\n", "\x00", "\x1f")
+CLUSTER_ATTEMPTS = 3  # script rounds per chunk (refreshing the slot map between them) before the slow fallback
+
+
+def _around_id(render: Callable[[str], str]) -> tuple[str, str]:
+    """The text before and after the id in a key of the layout (``render`` builds the key from an id)."""
+    marker = "\x00id\x00"
+    head, _, tail = render(marker).partition(marker)
+    return head, tail
+
+
+def _packed_ids(ids: list[str]) -> tuple[str, ...]:
+    """``(sep, joined)`` with a separator no id contains, else ``("", *ids)``."""
+    for sep in SEPARATORS:
+        joined = sep.join(ids)
+        if joined.count(sep) == len(ids) - 1:
+            return sep, joined
+    return ("", *ids)
+
+
+def _hits(reply: list[Any], indexes: list[int], into: dict[int, Values]) -> None:
+    """Adds a script reply's (1-based position in ``indexes``, block, prefs) triples to ``into``, by chunk index."""
+    for at in range(0, len(reply), 3):
+        into[indexes[reply[at] - 1]] = (reply[at + 1], reply[at + 2])
+
+
+def _topology_error(error: Exception) -> bool:
+    """An error that a fresh slot map may cure: the node no longer serves the slot, is down, or is unreachable."""
+    if isinstance(
+        error,
+        RedisConnectionError | RedisTimeoutError | AskError | TryAgainError | ClusterError | RedisClusterException,
+    ):
+        return True  # AskError covers MovedError
+    # what a script is told when it reads a key of a slot its node does not serve (any more), or mid-failover
+    return any(sign in str(error) for sign in ("non local key", "cluster is down"))
+
+
 class PreSendCheck:
     """Pre-send lookups against the guard's Redis view (one customer, or an audience in bulk).
 
     ``category`` is the message's, as in the contract: only the categories the policy counts (marketing; service
     when the policy opts it in) are ever held back. Bills, OTPs and reminders are always allowed, blocks and quiet
     hours notwithstanding, without a lookup.
+
+    ``client`` is a plain ``redis.Redis`` or a ``redis.cluster.RedisCluster`` (:meth:`from_url` builds either from
+    a URL, ``?cluster=1`` for a cluster). One instance serves one thread at a time.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         prefix: str = "fatigue",
         policy: Policy | None = None,
         default_timezone: str = "UTC",
     ) -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.policy_quiet = policy.quiet_hours if policy is not None else None
         self.default_timezone = policy.default_timezone if policy is not None else default_timezone
         self.guarded_categories = policy.counted_categories if policy is not None else frozenset({"marketing"})
+        self._owns_client = False
+        # why the lookup script cannot be used here (a Redis before 7.0, an ACL without EVAL), once seen
+        self.script_unusable: str | None = None
+        # the cluster's slot -> primary, copied from the client's map and rebuilt when the client replaces it
+        self._slots_seen: object = None
+        self._slot_owner: list[str] = []
+        self._nodes: dict[str, ClusterNode] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "fatigue",
+        policy: Policy | None = None,
+        default_timezone: str = "UTC",
+        **client_options: Any,
+    ) -> PreSendCheck:
+        """A check on its own client for ``url`` (one node, or ``redis://HOST:PORT/0?cluster=1&addr=...``);
+        :meth:`close` closes it."""
+        check = cls(sync_client(url, **client_options), prefix=prefix, policy=policy, default_timezone=default_timezone)
+        check._owns_client = True
+        return check
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> PreSendCheck:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _guards(self, channel: str, category: str) -> bool:
         _check_channel(channel)
@@ -186,8 +305,9 @@ class PreSendCheck:
         if not self._guards(channel, category):
             return ALLOWED
         at = _now_ms() if at_ms is None else at_ms
+        # both keys carry the customer's hash tag: one slot, so one MGET on a cluster too
         block, prefs = self.client.mget(
-            [f"{self.prefix}:block:{channel}:{customer_id}", f"{self.prefix}:prefs:{customer_id}"]
+            [block_key(self.prefix, channel, customer_id), prefs_key(self.prefix, customer_id)]
         )
         return self._verdict(block, prefs, channel, at)
 
@@ -200,7 +320,8 @@ class PreSendCheck:
         *,
         category: str = "marketing",
     ) -> Iterator[tuple[str, Verdict]]:
-        """``(customer_id, verdict)`` for every id, looked up ``batch`` ids per round trip."""
+        """``(customer_id, verdict)`` for every id, in order, looked up ``batch`` ids per round trip (on a cluster,
+        one call per node, all nodes at once)."""
         if not self._guards(channel, category):
             for customer_id in customer_ids:
                 yield customer_id, ALLOWED
@@ -216,18 +337,145 @@ class PreSendCheck:
             yield from self._filter_chunk(chunk, channel, at)
 
     def _filter_chunk(self, chunk: list[str], channel: str, at: int) -> Iterator[tuple[str, Verdict]]:
-        block_prefix = f"{self.prefix}:block:{channel}:"
-        prefs_prefix = f"{self.prefix}:prefs:"
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([block_prefix + customer_id for customer_id in chunk])
-        pipe.mget([prefs_prefix + customer_id for customer_id in chunk])
-        blocks, prefs = pipe.execute()
-        policy_quiet = self.policy_quiet is not None and channel in self.policy_quiet.channels
-        for customer_id, block, pref in zip(chunk, blocks, prefs, strict=True):
-            if block is None and pref is None and not policy_quiet:
-                yield customer_id, ALLOWED  # the common case: nothing stored about this customer
+        if isinstance(self.client, RedisCluster):
+            hits = self._lookup_cluster(chunk, channel)
+        else:
+            hits = self._lookup_single(chunk, channel)
+        # the verdict of a customer with nothing stored is the same for all (the policy's quiet hours, if any)
+        empty = self._verdict(None, None, channel, at)
+        for index, customer_id in enumerate(chunk):
+            values = hits.get(index)
+            yield customer_id, empty if values is None else self._verdict(values[0], values[1], channel, at)
+
+    def _script_args(self, channel: str, ids: list[str]) -> tuple[str, ...]:
+        return (
+            *_around_id(lambda customer_id: block_key(self.prefix, channel, customer_id)),
+            *_around_id(lambda customer_id: prefs_key(self.prefix, customer_id)),
+            *_packed_ids(ids),
+        )
+
+    def _lookup_single(self, chunk: list[str], channel: str) -> dict[int, Values]:
+        """chunk index -> (block, prefs) of the customers with something stored, on one Redis."""
+        hits: dict[int, Values] = {}
+        if self.script_unusable is None:
+            try:
+                # one round trip, and a reply of the few customers with something stored: faster than two MGETs
+                reply = self.client.eval(LOOKUP_SCRIPT, 0, *self._script_args(channel, chunk))
+            except (RedisConnectionError, RedisTimeoutError):
+                raise
+            except ResponseError as error:
+                self._give_up_script(error)
             else:
-                yield customer_id, self._verdict(block, pref, channel, at)
+                _hits(reply, list(range(len(chunk))), hits)
+                return hits
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([block_key(self.prefix, channel, customer_id) for customer_id in chunk])
+        pipe.mget([prefs_key(self.prefix, customer_id) for customer_id in chunk])
+        blocks, prefs = pipe.execute()
+        for index, (block, pref) in enumerate(zip(blocks, prefs, strict=True)):
+            if block is not None or pref is not None:
+                hits[index] = (block, pref)
+        return hits
+
+    def _give_up_script(self, error: Exception) -> None:
+        self.script_unusable = str(error)
+        log.warning("the bulk lookup script fails here (%s): looking customers up with MGETs instead", error)
+
+    def _lookup_cluster(self, chunk: list[str], channel: str) -> dict[int, Values]:
+        """chunk index -> (block, prefs) of the customers with something stored, on a Redis Cluster: the ids
+        grouped by the primary serving their slot, one script call per primary, sent to all before reading any.
+        A node that fails (moved slots, a failover, a lost connection) has its ids retried on a fresh slot map,
+        a few times, then looked up with the cluster client's own MGETs, which follow redirections."""
+        assert isinstance(self.client, RedisCluster)
+        hits: dict[int, Values] = {}
+        pending = list(range(len(chunk)))
+        for attempt in range(CLUSTER_ATTEMPTS):
+            if not pending or self.script_unusable is not None:
+                break
+            if attempt:
+                try:
+                    self.client.nodes_manager.initialize()
+                except (RedisError, RedisClusterException) as error:
+                    log.warning("cannot refresh the cluster's slot map (%s)", error)
+            pending = self._script_round(chunk, pending, channel, hits)
+        if pending:
+            keys: list[str] = []
+            for index in pending:
+                keys += (block_key(self.prefix, channel, chunk[index]), prefs_key(self.prefix, chunk[index]))
+            values = self.client.mget_nonatomic(keys)
+            for at, index in enumerate(pending):
+                block, pref = values[2 * at], values[2 * at + 1]
+                if block is not None or pref is not None:
+                    hits[index] = (block, pref)
+        return hits
+
+    def _script_round(self, chunk: list[str], pending: list[int], channel: str, hits: dict[int, Values]) -> list[int]:
+        """One script call per primary for the ``pending`` chunk indexes; returns the indexes still unanswered."""
+        assert isinstance(self.client, RedisCluster)
+        owner = self._slot_map()
+        groups: dict[str, list[int]] = {}
+        for index in pending:
+            name = owner[key_slot(customer_tag(chunk[index]).encode())]
+            group = groups.get(name)
+            if group is None:
+                groups[name] = group = []
+            group.append(index)
+        sent: list[tuple[list[int], redis.ConnectionPool, Any]] = []
+        failed: list[int] = []
+        try:
+            for name, indexes in groups.items():
+                node = self._nodes.get(name)
+                if node is None:
+                    failed += indexes
+                    continue
+                pool = self.client.get_redis_connection(node).connection_pool
+                try:
+                    connection: Any = pool.get_connection()  # untyped in redis-py
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    failed += indexes
+                    continue
+                try:
+                    connection.send_command(
+                        "EVAL", LOOKUP_SCRIPT, 0, *self._script_args(channel, [chunk[i] for i in indexes])
+                    )
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    connection.disconnect()
+                    pool.release(connection)
+                    failed += indexes
+                    continue
+                sent.append((indexes, pool, connection))
+            for at, (indexes, pool, connection) in enumerate(sent):
+                try:
+                    reply = connection.read_response()
+                except ResponseError as error:
+                    if not _topology_error(error):
+                        self._give_up_script(error)
+                    failed += indexes
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    connection.disconnect()  # its reply may still come: never read it as another command's
+                    failed += indexes
+                else:
+                    _hits(reply, indexes, hits)
+                finally:
+                    pool.release(connection)
+                    sent[at] = ([], pool, None)
+        finally:
+            for _, pool, connection in sent:  # replies left unread after an unexpected error: drop them
+                if connection is not None:
+                    connection.disconnect()
+                    pool.release(connection)
+        return failed
+
+    def _slot_map(self) -> list[str]:
+        assert isinstance(self.client, RedisCluster)
+        manager = self.client.nodes_manager
+        if manager.slots_cache is not self._slots_seen:
+            slots = manager.slots_cache
+            # "" for a slot no node serves (mid-failover): its ids fail the round and are retried
+            self._slot_owner = [nodes[0].name if (nodes := slots.get(slot)) else "" for slot in range(16384)]
+            self._nodes = {node.name: node for node in manager.nodes_cache.values()}
+            self._slots_seen = slots
+        return self._slot_owner
 
     def _verdict(self, block: bytes | str | None, prefs: bytes | str | None, channel: str, at: int) -> Verdict:
         if block is not None:

@@ -16,20 +16,35 @@ from streams.send_cli import send_main
 
 __all__ = ["check_main", "erase_main", "filter_main", "follow_main", "inspect_main", "send_main"]
 
+REDIS_URL_HELP = (
+    "one Redis (redis://HOST:PORT/DB) or a Redis Cluster (redis://HOST:PORT/0?cluster=1&addr=HOST:PORT&...); "
+    "default: $FATIGUE_REDIS_URL"
+)
+
 
 def check_main(argv: list[str]) -> int:
     """Print what email platforms see in Redis for one customer: active blocks per channel and preferences."""
     parser = argparse.ArgumentParser(prog="fatigue check", description=check_main.__doc__)
     parser.add_argument("customer_id")
-    parser.add_argument("--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"), help=REDIS_URL_HELP
+    )
     parser.add_argument("--prefix", default=os.environ.get("FATIGUE_REDIS_PREFIX", "fatigue"))
     args = parser.parse_args(argv)
-    import redis
+    from streams.redis_keys import block_key, check_prefix, prefs_key, sync_client
 
-    client = redis.Redis.from_url(args.redis_url)
     try:
-        keys = [f"{args.prefix}:block:{channel}:{args.customer_id}" for channel in CHANNELS]
-        keys.append(f"{args.prefix}:prefs:{args.customer_id}")
+        check_prefix(args.prefix)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        client = sync_client(args.redis_url)
+    except ValueError as error:  # a malformed URL
+        parser.error(str(error))
+    try:
+        # the customer's keys share its hash tag: one slot, so one MGET on a Redis Cluster too
+        keys = [block_key(args.prefix, channel, args.customer_id) for channel in CHANNELS]
+        keys.append(prefs_key(args.prefix, args.customer_id))
         values = client.mget(keys)
     finally:
         client.close()
@@ -91,15 +106,20 @@ def filter_main(argv: list[str]) -> int:
         default="marketing",
         help="the message's category (default: %(default)s); transactional mail is never held back",
     )
-    parser.add_argument("--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("FATIGUE_REDIS_URL", "redis://127.0.0.1:16379/0"), help=REDIS_URL_HELP
+    )
     parser.add_argument("--prefix", default=os.environ.get("FATIGUE_REDIS_PREFIX", "fatigue"))
     parser.add_argument("--policy", help="policy file, to honour its quiet hours too (e.g. the tcpa preset)")
     args = parser.parse_args(argv)
-    import redis
-
     from fatigue.policy import load_policy
+    from streams.redis_keys import check_prefix
     from streams.sender import PreSendCheck
 
+    try:
+        check_prefix(args.prefix)
+    except ValueError as error:
+        parser.error(str(error))
     policy = load_policy(args.policy) if args.policy else None
     try:
         source = sys.stdin.buffer if args.audience == "-" else open(args.audience, "rb")  # noqa: SIM115
@@ -107,8 +127,10 @@ def filter_main(argv: list[str]) -> int:
         parser.error(f"cannot read the audience: {error}")
     total = os.fstat(source.fileno()).st_size if args.audience != "-" else 0
     progress = sys.stderr.isatty() and total > 1_000_000
-    client = redis.Redis.from_url(args.redis_url)
-    check = PreSendCheck(client, prefix=args.prefix, policy=policy)
+    try:
+        check = PreSendCheck.from_url(args.redis_url, prefix=args.prefix, policy=policy)
+    except ValueError as error:  # a malformed URL
+        parser.error(str(error))
     out = sys.stdout.buffer
     removed: dict[str, int] = {}
     kept = seen = done = 0
@@ -140,7 +162,7 @@ def filter_main(argv: list[str]) -> int:
                 sys.stderr.write(f"\rfilter {done * 100 // max(total, 1):3d}%  {seen:,} ids")
     finally:
         out.flush()
-        client.close()
+        check.close()
         if source is not sys.stdin.buffer:
             source.close()
     elapsed = time.monotonic() - started

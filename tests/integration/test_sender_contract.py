@@ -25,6 +25,7 @@ from fatigue.engine import Guard
 from fatigue.policy import load_policy
 from fatigue.replay import Replay
 from fatigue.state import preferences_view
+from streams.redis_keys import block_key, prefs_key
 from streams.sender import BlockFollower, PreSendCheck
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def prefix(redis_key_prefix: str) -> str:
 
 def test_transactional_and_service_mail_pass_a_blocked_customer(redis_client: redis.Redis, prefix: str):
     # unsubscribed from marketing; a password reset or a bill must still go out (quiet hours do not apply either)
-    redis_client.set(f"{prefix}:block:email:u1", orjson.dumps(_block("u1", "email", "unsubscribe", None)))
+    redis_client.set(block_key(prefix, "email", "u1"), orjson.dumps(_block("u1", "email", "unsubscribe", None)))
     check = PreSendCheck(redis_client, prefix=prefix)
     assert check.is_allowed("u1", "email", _now()).reason == "unsubscribe"
     assert check.is_allowed("u1", "email", _now(), category="transactional").allowed
@@ -99,7 +100,7 @@ def test_transactional_and_service_mail_pass_a_blocked_customer(redis_client: re
 
 
 def test_filter_cli_takes_the_message_category(redis_client: redis.Redis, prefix: str, tmp_path: Path):
-    redis_client.set(f"{prefix}:block:email:u1", orjson.dumps(_block("u1", "email", "unsubscribe", None)))
+    redis_client.set(block_key(prefix, "email", "u1"), orjson.dumps(_block("u1", "email", "unsubscribe", None)))
     audience = tmp_path / "audience.txt"
     audience.write_text("u1\nu2\n")
     env = {"FATIGUE_REDIS_PREFIX": prefix}
@@ -112,7 +113,7 @@ def test_filter_cli_takes_the_message_category(redis_client: redis.Redis, prefix
 @pytest.mark.parametrize("channel", ["Email", "mail", "e-mail", ""])
 def test_a_misspelt_channel_is_an_error_not_an_allowed(redis_client: redis.Redis, prefix: str, channel: str):
     # no key exists under a misspelt channel: answering "allowed" would send to someone who complained
-    redis_client.set(f"{prefix}:block:email:u1", orjson.dumps(_block("u1", "email", "complaint", None)))
+    redis_client.set(block_key(prefix, "email", "u1"), orjson.dumps(_block("u1", "email", "complaint", None)))
     check = PreSendCheck(redis_client, prefix=prefix)
     with pytest.raises(ValueError, match="unknown channel"):
         check.is_allowed("u1", channel, _now())
@@ -167,7 +168,7 @@ def test_an_unknown_customer_zone_falls_back_to_the_policy_default(redis_client:
         "timezone": "Mars/Olympus",
         "quiet_hours": {"email": {"start": "09:00", "end": "11:00"}},
     }
-    redis_client.set(f"{prefix}:prefs:z", orjson.dumps(prefs))
+    redis_client.set(prefs_key(prefix, "z"), orjson.dumps(prefs))
     check = PreSendCheck(redis_client, prefix=prefix, policy=load_policy(path))
     ten_utc = int(datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp() * 1000)  # 19:00 in Tokyo
     one_utc = int(datetime(2026, 11, 23, 1, 0, tzinfo=UTC).timestamp() * 1000)  # 10:00 in Tokyo
@@ -237,7 +238,7 @@ def test_the_quiet_hours_verdict_is_what_the_engine_counts_as_a_violation(
         replay.feed(_event(**pref))
         step = replay.feed(_event(type="contact", event_id=f"c{i}", ts=at, channel=channel))
         quiet_violation = any(v["kind"] == "quiet_hours" for v in step.violations)
-        redis_client.set(f"{prefix}:prefs:k", orjson.dumps(preferences_view(replay.states["k"])))
+        redis_client.set(prefs_key(prefix, "k"), orjson.dumps(preferences_view(replay.states["k"])))
         verdict = check.is_allowed("k", channel, at)
         quiet_seen += quiet_violation
         if verdict.allowed == quiet_violation:
@@ -259,7 +260,7 @@ def test_a_block_ends_at_until_for_the_check_as_for_the_engine(redis_client: red
             decisions += replay.feed(_event(type="contact", event_id=f"s{n}", ts=ts, channel="sms")).decisions
         decision = decisions[-1]
         assert decision["action"] == "block"
-        redis_client.set(f"{prefix}:block:sms:k", orjson.dumps(decision))
+        redis_client.set(block_key(prefix, "sms", "k"), orjson.dumps(decision))
         at = decision["until_ms"] + offset
         step = replay.feed(_event(type="contact", event_id="probe", ts=at, channel="sms"))
         violated = any(v["kind"] == "blocked" for v in step.violations)
