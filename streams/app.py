@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import faust
-import redis.asyncio as aioredis
 from faust.app.base import BootStrategy
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +29,9 @@ from fatigue.state import CustomerState
 from streams.gauges import refresh_gauges
 from streams.metrics import Metrics
 from streams.pipeline import EngineFactory, Pipeline
-from streams.redis_view import RedisView, ViewConsumer, block_key, prefs_key
+from streams.redis_keys import async_client
+from streams.redis_nodes import RedisNodes
+from streams.redis_view import RedisView, ViewConsumer, ViewLayout
 from streams.settings import Settings
 
 log = logging.getLogger("fatigue.worker")
@@ -119,35 +120,27 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         web_host=settings.web_host,
         autodiscover=False,
     )
-    redis_client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    # a plain client, or redis-py's cluster client for a cluster URL; the view's writes go per master (RedisNodes)
+    redis_client = async_client(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    nodes = RedisNodes(redis_client, prefix=settings.redis_prefix, socket_timeout=2.0, socket_connect_timeout=2.0)
+    legacy = settings.redis_writes_legacy_keys
     views = ViewConsumer(
         [
             RedisView(
-                redis_client,
-                topic=settings.decisions_topic,
+                nodes,
+                topic=topic,
                 bootstrap=settings.bootstrap,
                 partitions=settings.partitions,
-                redis_key=lambda key: block_key(settings.redis_prefix, key),
-                scan_pattern=f"{settings.redis_prefix}:block:*",
-                prefix=settings.redis_prefix,
-                expiring=True,
+                layout=ViewLayout(settings.redis_prefix, kind, legacy),
                 metrics=metrics,
-            ),
-            RedisView(
-                redis_client,
-                topic=settings.prefs_topic,
-                bootstrap=settings.bootstrap,
-                partitions=settings.partitions,
-                redis_key=lambda key: prefs_key(settings.redis_prefix, key),
-                scan_pattern=f"{settings.redis_prefix}:prefs:*",
-                prefix=settings.redis_prefix,
-                expiring=False,
-                metrics=metrics,
-            ),
+            )
+            for topic, kind in _viewed_topics(settings)
         ],
         bootstrap=settings.bootstrap,
         group_id=settings.redis_view_group,
         batch=settings.redis_batch,
+        wait_replicas=settings.redis_replicas_to_wait_for,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     pipeline.on_committed = views.write_through
     pipeline_service = PipelineService(pipeline, loop=app.loop, beacon=app.beacon)
@@ -181,6 +174,10 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
         return self.json({"status": "ok", "policy_version": policy.version, "partitions": pipeline.owned()})
 
     return app, pipeline
+
+
+def _viewed_topics(settings: Settings) -> list[tuple[str, Literal["blocks", "prefs"]]]:
+    return [(settings.decisions_topic, "blocks"), (settings.prefs_topic, "prefs")]
 
 
 def _add_services(app: faust.App, *services: Service) -> None:

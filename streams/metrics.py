@@ -68,6 +68,11 @@ class Metrics:
         self.redis_writes = Counter("fatigue_redis_writes_total", "Redis keys written or deleted", ["op"], registry=r)
         self.redis_failures = Counter("fatigue_redis_failures_total", "Failed Redis batches (retried)", registry=r)
         self.redis_reconciles = Counter("fatigue_redis_reconciles_total", "Full Redis reconciliations", registry=r)
+        self.redis_unreplicated = Counter(
+            "fatigue_redis_unreplicated_total",
+            "Redis view commits held back: a master's replicas did not confirm its writes in time",
+            registry=r,
+        )
         self.transactions = Counter(
             "fatigue_transactions_total",
             "Transactions of the pipeline (one per input partition and batch): committed, fenced (another worker took "

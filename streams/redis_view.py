@@ -61,63 +61,79 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from fatigue.clock import partition_for_key
+from streams import redis_keys
 from streams.metrics import Metrics
+from streams.redis_nodes import NodeId, RedisNodes
 
 log = logging.getLogger("fatigue.redis")
 
 # (offset, key, value) of one partition's record; value None is a tombstone
 Record = tuple[int, bytes, bytes | None]
 
-# KEYS[1]: the partition's watermark; KEYS[2..]: the view's keys. ARGV[1]: the first offset the call covers,
-# ARGV[2]: its last offset (the new watermark), ARGV[3]: per key one line "offset op pxat" (op 'd' DEL, 's' SET,
-# 'x' SET PXAT), ARGV[4..]: per key its value (empty for a DEL). Few arguments per key, because packing each one
-# costs the client more than the whole script costs Redis. Returns {status, sets, deletes, skipped}: status 1
-# applied, 0 all at or below the watermark, -1 a gap.
-_APPLY_LUA = """
-local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local last = tonumber(ARGV[2])
-if last <= held then return {0, 0, 0, #KEYS - 1} end
-if tonumber(ARGV[1]) > held + 1 then return {-1, 0, 0, 0} end
-local sets, dels, skipped, i = 0, 0, 0, 1
-for offset, op, pxat in string.gmatch(ARGV[3], '(%d+) (%a) (%d+)') do
-  i = i + 1
-  if tonumber(offset) > held then
-    if op == 'd' then
-      redis.call('DEL', KEYS[i])
-      dels = dels + 1
-    elseif op == 'x' then
-      redis.call('SET', KEYS[i], ARGV[i + 2], 'PXAT', pxat)
-      sets = sets + 1
-    else
-      redis.call('SET', KEYS[i], ARGV[i + 2])
-      sets = sets + 1
+# Writes one master's share of a batch (``allow-cross-slot-keys``: the customers' keys lie in many slots of the one
+# node, see streams.redis_nodes). ARGV[1]: per record one line "offset op pxat n field" (op 'd' DEL, 's' SET, 'x'
+# SET PXAT; n keys it writes; field: the record's topic key's field in its customer's position hash);
+# ARGV[2..]: per record its value (empty for a DEL). KEYS: per record its customer's position hash, then its n keys.
+# A record is applied only when its offset is above the position its topic key holds, which it then becomes. Few
+# arguments per record, because packing each one costs the client more than the whole script costs Redis. Returns
+# {sets, deletes, skipped}.
+_APPLY_LUA = """#!lua flags=allow-cross-slot-keys
+local k, r, sets, dels, skipped = 1, 0, 0, 0, 0
+for offset, op, pxat, n, field in string.gmatch(ARGV[1], '(%d+) (%a) (%d+) (%d+) (%S+)') do
+  r = r + 1
+  n = tonumber(n)
+  if tonumber(offset) > tonumber(redis.call('HGET', KEYS[k], field) or '-1') then
+    for j = k + 1, k + n do
+      if op == 'd' then
+        redis.call('DEL', KEYS[j])
+      elseif op == 'x' then
+        redis.call('SET', KEYS[j], ARGV[r + 1], 'PXAT', pxat)
+      else
+        redis.call('SET', KEYS[j], ARGV[r + 1])
+      end
     end
+    if op == 'd' then dels = dels + 1 else sets = sets + 1 end
+    redis.call('HSET', KEYS[k], field, offset)
   else
     skipped = skipped + 1
   end
+  k = k + n + 1
 end
-redis.call('SET', KEYS[1], ARGV[2])
-return {1, sets, dels, skipped}
+return {sets, dels, skipped}
 """
 
-# KEYS[1]: the partition's watermark; KEYS[2..]: keys the topic had no record for up to ARGV[1]. Deletes them only
-# while no reader has written past ARGV[1]; returns how many were deleted, or -1 when it left them.
-_DELETE_STALE_LUA = """
-if tonumber(redis.call('GET', KEYS[1]) or '-1') > tonumber(ARGV[1]) then return -1 end
-local deleted = 0
-for i = 2, #KEYS do
-  deleted = deleted + redis.call('DEL', KEYS[i])
+# KEYS[1]: the partition's progress watermark. ARGV[1]: the first offset the batch covers, ARGV[2]: its last.
+# Returns -1 when the batch starts after the watermark + 1 (Redis lacks the records between: it lost data, or an
+# aborted transaction's records lie before a write-through), else raises the watermark and returns 1.
+_PROGRESS_LUA = """
+local held = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > held + 1 then return -1 end
+if tonumber(ARGV[2]) > held then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# KEYS: pairs (a customer's position hash, a key of that customer the topic has no record for). ARGV[1]: the
+# offset the reconcile read up to, ARGV[2]: per pair the key's field in the position hash, one per line. Deletes a
+# key only while no reader has written a record of it past that offset (which may have created the key); returns
+# how many it deleted.
+_DELETE_STALE_LUA = """#!lua flags=allow-cross-slot-keys
+local deleted, read_up_to, i = 0, tonumber(ARGV[1]), 1
+for field in string.gmatch(ARGV[2], '(%S+)') do
+  if tonumber(redis.call('HGET', KEYS[i], field) or '-1') <= read_up_to then
+    deleted = deleted + redis.call('DEL', KEYS[i + 1])
+  end
+  i = i + 2
 end
 return deleted
 """
@@ -125,13 +141,74 @@ return deleted
 RECONCILE_CHUNK = 5_000  # keys per script call of a reconcile: bounds how long one call holds Redis
 
 
-def block_key(prefix: str, decision_key: bytes) -> str:
-    """``{channel}:{customer_id}`` on the topic -> ``fatigue:block:{channel}:{customer_id}`` in Redis."""
-    return f"{prefix}:block:{decision_key.decode()}"
+@dataclass(frozen=True, slots=True)
+class ViewLayout:
+    """Where one topic's records go in Redis (streams.redis_keys): the decisions topic's ``<channel>:<customer>``
+    to the customer's block key, the preferences topic's ``<customer>`` to its preference view; with ``legacy``
+    also to the layout before hash tags (a single Redis only)."""
 
+    prefix: str
+    kind: Literal["blocks", "prefs"]
+    legacy: bool = False
 
-def prefs_key(prefix: str, customer_key: bytes) -> str:
-    return f"{prefix}:prefs:{customer_key.decode()}"
+    def customer(self, topic_key: bytes) -> str:
+        text = topic_key.decode()
+        return text.split(":", 1)[1] if self.kind == "blocks" else text
+
+    def keys(self, topic_key: bytes) -> list[str]:
+        """The Redis keys a record of ``topic_key`` sets or deletes."""
+        text = topic_key.decode()
+        if self.kind == "blocks":
+            channel, customer = text.split(":", 1)
+            keys = [redis_keys.block_key(self.prefix, channel, customer)]
+            if self.legacy:
+                keys.append(redis_keys.legacy_block_key(self.prefix, channel, customer))
+            return keys
+        keys = [redis_keys.prefs_key(self.prefix, text)]
+        if self.legacy:
+            keys.append(redis_keys.legacy_prefs_key(self.prefix, text))
+        return keys
+
+    def position(self, customer: str) -> str:
+        return redis_keys.position_key(self.prefix, customer)
+
+    def field(self, topic: str, partition: int, topic_key: str) -> str:
+        """The field of a topic key in its customer's position hash: one per Redis key, so that each key's records
+        are compared with that key's own last one (a customer's channels are decided independently, and the view
+        may write a partition's records out of order across channels: after a gap, write-through goes first)."""
+        if self.kind == "blocks":
+            return f"{topic}:{partition}:{topic_key.split(':', 1)[0]}"
+        return f"{topic}:{partition}"
+
+    def field_of(self, topic: str, partition: int, name: str) -> str:
+        """The position field of a Redis key this layout writes (a key :meth:`customer_of` recognises)."""
+        if self.kind == "prefs":
+            return f"{topic}:{partition}"
+        parsed = redis_keys.parse_customer_key(self.prefix, name)
+        channel = parsed[1].removeprefix("block:") if parsed else name[len(self.prefix) + 7 :].split(":", 1)[0]
+        return f"{topic}:{partition}:{channel}"
+
+    def scan_patterns(self) -> list[str]:
+        own = f"{self.prefix}:{{c:*}}:block:*" if self.kind == "blocks" else f"{self.prefix}:{{c:*}}:prefs"
+        if not self.legacy:
+            return [own]
+        return [own, f"{self.prefix}:block:*" if self.kind == "blocks" else f"{self.prefix}:prefs:*"]
+
+    def customer_of(self, name: str) -> str | None:
+        """The customer of a Redis key this layout writes (a key found by :meth:`scan_patterns`), else None."""
+        parsed = redis_keys.parse_customer_key(self.prefix, name)
+        if parsed is not None:
+            customer, kind = parsed
+            wanted = kind.startswith("block:") if self.kind == "blocks" else kind == "prefs"
+            return customer if wanted else None
+        if not self.legacy:
+            return None
+        if self.kind == "blocks" and name.startswith(f"{self.prefix}:block:"):
+            rest = name[len(self.prefix) + 7 :]
+            return rest.split(":", 1)[1] if ":" in rest else None
+        if self.kind == "prefs" and name.startswith(f"{self.prefix}:prefs:"):
+            return name[len(self.prefix) + 7 :]
+        return None
 
 
 def watermark_key(prefix: str, topic: str, partition: int) -> str:
@@ -172,30 +249,28 @@ class RedisView:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        nodes: RedisNodes,
         *,
         topic: str,
         bootstrap: str,
         partitions: int,
-        prefix: str,
-        redis_key: Callable[[bytes], str],
-        scan_pattern: str,
-        expiring: bool,
+        layout: ViewLayout,
         metrics: Metrics,
     ) -> None:
-        self.client = client
+        self.nodes = nodes
+        self.client = nodes.client
         self.topic = topic
         self.bootstrap = bootstrap
         self.partitions = partitions
-        self.prefix = prefix
-        self.redis_key = redis_key
-        self.scan_pattern = scan_pattern
-        self.expiring = expiring
+        self.prefix = layout.prefix
+        self.layout = layout
+        self.expiring = layout.kind == "blocks"
         self.metrics = metrics
         # redis-py runs them with EVALSHA and loads them again when Redis answers NOSCRIPT (a restarted Redis)
-        self._apply_script = client.register_script(_APPLY_LUA)
-        self._delete_stale_script = client.register_script(_DELETE_STALE_LUA)
-        self._run_id: str | None = None
+        self._progress_script = self.client.register_script(_PROGRESS_LUA)
+        self._apply_scripts: dict[NodeId, AsyncScript] = {}
+        self._delete_stale_scripts: dict[NodeId, AsyncScript] = {}
+        self._topology: Hashable | None = None
         self._needs_reconcile = True
         self._last_check = 0.0
 
@@ -219,9 +294,9 @@ class RedisView:
         """Write the records of ``partition`` that cover its offsets ``[start, end)`` (every record there that has
         a key); on failure retry with backoff, then reconcile before going on.
 
-        A reconcile reads the topic up to its end, past ``records``, and raises the watermark there: written after
-        it, ``records`` are all skipped, so they cannot set keys back to older values (whether this worker still
-        owns the partition or not).
+        A reconcile reads the topic up to its end, past ``records``, and raises every position it writes there:
+        written after it, ``records`` are skipped, so they cannot set keys back to older values (whether this
+        worker still owns the partition or not).
         """
         delay = 0.2
         gap_reconciled = False
@@ -251,6 +326,7 @@ class RedisView:
                 self.metrics.redis_failures.inc()
                 self._needs_reconcile = True
                 log.warning("redis write failed (%s: %s); retrying in %.1fs", type(error).__name__, error, delay)
+                await self.nodes.refresh_quietly()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -261,7 +337,7 @@ class RedisView:
         return await self._write(partition, records, start=start, end=end)
 
     async def _write(self, partition: int, records: Sequence[Record], *, start: int, end: int) -> WriteResult:
-        """One script call: the records of ``[start, end)`` above the watermark, which then becomes ``end - 1``."""
+        """The records of ``[start, end)``, each above its customer's position; the watermark then ``end - 1``."""
         if end <= start:
             return WriteResult(True)
         # only a key's last record in the batch decides what Redis holds (a hot customer's block is re-decided on
@@ -275,23 +351,50 @@ class RedisView:
         self, partition: int, items: Iterable[tuple[bytes, tuple[int, bytes | None]]], *, start: int, last: int
     ) -> WriteResult:
         now_ms = int(time.time() * 1000)
-        keys: list[str] = [self.watermark_key(partition)]
-        lines: list[str] = []
-        values: list[bytes] = []
-        for key, (offset, value) in items:
-            keys.append(self.redis_key(key))
-            op, payload, pxat = self._op(value, now_ms)
-            lines.append(f"{offset} {op} {pxat}\n")
-            values.append(payload)
-        args: list[bytes | str | int] = [start, last, "".join(lines), *values]
-        status, sets, deletes, skipped = await self._apply_script(keys=keys, args=args)
-        if status < 0:
-            return WriteResult(False)
+        layout = self.layout
+        calls: list[tuple[NodeId, list[str], list[bytes | str | int]]] = []
+        groups = await self.nodes.group(
+            ((key, record, layout.customer(key)) for key, record in items), lambda item: layout.position(item[2])
+        )
+        for node, group in groups.items():
+            keys: list[str] = []
+            lines: list[str] = []
+            values: list[bytes] = []
+            for key, (offset, value), customer in group:
+                targets = layout.keys(key)
+                keys.append(layout.position(customer))
+                keys.extend(targets)
+                op, payload, pxat = self._op(value, now_ms)
+                position_field = layout.field(self.topic, partition, key.decode())
+                lines.append(f"{offset} {op} {pxat} {len(targets)} {position_field}\n")
+                values.append(payload)
+            calls.append((node, keys, ["".join(lines), *values]))
+        progress_keys, progress_args = [self.watermark_key(partition)], [start, last]
+        if not self.nodes.cluster:
+            # one round trip: the records, then the watermark, in one pipeline
+            pipe = self.client.pipeline(transaction=False)
+            for node, keys, args in calls:
+                await self._apply_script(node)(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            await self._progress_script(keys=progress_keys, args=progress_args, client=pipe)  # type: ignore[arg-type]
+            *counts, status = await pipe.execute()
+        else:
+            node_calls = (self._apply_script(node)(keys=keys, args=args) for node, keys, args in calls)
+            counts = list(await asyncio.gather(*node_calls))
+            status = await self._progress_script(keys=progress_keys, args=progress_args)
+        sets = sum(int(count[0]) for count in counts)
+        deletes = sum(int(count[1]) for count in counts)
+        skipped = sum(int(count[2]) for count in counts)
         self.metrics.redis_writes.labels(op="set").inc(sets)
         self.metrics.redis_writes.labels(op="del").inc(deletes)
         if skipped:
-            log.debug("%s[%d]: %d records at or below Redis's watermark skipped", self.topic, partition, skipped)
-        return WriteResult(True, sets, deletes, skipped)
+            log.debug("%s[%d]: %d records at or below their positions skipped", self.topic, partition, skipped)
+        return WriteResult(int(status) >= 0, sets, deletes, skipped)
+
+    def _apply_script(self, node: NodeId) -> AsyncScript:
+        script = self._apply_scripts.get(node)
+        if script is None:
+            script = self._apply_scripts[node] = self.nodes.node_client(node).register_script(_APPLY_LUA)
+        return script
 
     def _op(self, value: bytes | None, now_ms: int) -> tuple[str, bytes, int]:
         """What one record does to its key: (op, value, pxat) for the script."""
@@ -308,22 +411,21 @@ class RedisView:
         return "x", value, int(until_ms)
 
     async def maybe_reconcile(self, owned_partitions: Callable[[], Iterable[int]], partition: int) -> bool:
-        """Reconcile when needed (a failure, a gap, or Redis restarted); True when it did. ``partition``, whose
-        batch is in hand, is always among those reconciled."""
+        """Reconcile when needed (a failure, a gap, or Redis restarted or failed over); True when it did.
+        ``partition``, whose batch is in hand, is always among those reconciled."""
         now = time.monotonic()
         if not self._needs_reconcile and now - self._last_check < 5.0:
             return False
         self._last_check = now
-        info = await self.client.info("server")
-        run_id = str(info.get("run_id"))
-        if run_id != self._run_id:
-            if self._run_id is not None:
-                log.warning("redis restarted (run_id changed): reconciling %s", self.topic)
+        topology = await self.nodes.topology()
+        if topology != self._topology:
+            if self._topology is not None:
+                log.warning("redis restarted or failed over (masters or run ids changed): reconciling %s", self.topic)
             self._needs_reconcile = True
         if not self._needs_reconcile:
             return False
         await self.reconcile(sorted({*owned_partitions(), partition}))
-        self._run_id = run_id
+        self._topology = topology
         self._needs_reconcile = False
         return True
 
@@ -355,33 +457,30 @@ class RedisView:
                 last = snapshot.end - 1 if final else chunk[-1][1][0]
                 await self._call(partition, chunk, start=0, last=last)
         # keys we own that the topic no longer has at all (e.g. tombstones already compacted away)
-        wanted = {self.redis_key(key) for snapshot in snapshots.values() for key in snapshot.latest}
-        stale: dict[int, list[str]] = {}
-        async for raw_key in self.client.scan_iter(match=self.scan_pattern, count=1000):
-            name = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            if name in wanted:
-                continue
-            topic_key = name.split(":", 2)[2]
-            # blocks are keyed {channel}:{customer_id} but placed on their customer's partition, like preferences
-            customer = topic_key.split(":", 1)[1] if self.expiring else topic_key
-            partition = partition_for_key(customer.encode(), self.partitions)
-            if partition in snapshots:
-                stale.setdefault(partition, []).append(name)
+        wanted = {name for snapshot in snapshots.values() for key in snapshot.latest for name in self.layout.keys(key)}
+        stale: dict[int, list[tuple[str, str, str]]] = {}  # partition -> (position key, stale key, its field)
+        for pattern in self.layout.scan_patterns():
+            for name in await self.nodes.scan(pattern):
+                customer = self.layout.customer_of(name)
+                if name in wanted or customer is None:
+                    continue
+                partition = partition_for_key(customer.encode(), self.partitions)
+                if partition in snapshots:
+                    position_field = self.layout.field_of(self.topic, partition, name)
+                    stale.setdefault(partition, []).append((self.layout.position(customer), name, position_field))
         deleted = 0
-        for partition, names in stale.items():
-            for begin in range(0, len(names), 1000):
-                keys = [self.watermark_key(partition), *names[begin : begin + 1000]]
-                done = await self._delete_stale_script(keys=keys, args=[snapshots[partition].end - 1])
-                if done < 0:
-                    log.info(
-                        "%s[%d]: a newer reader wrote past offset %d during the reconcile; its stale keys are left "
-                        "to the next one",
-                        self.topic,
-                        partition,
-                        snapshots[partition].end - 1,
-                    )
-                    break
-                deleted += done
+        for partition, found in stale.items():
+            read_up_to = snapshots[partition].end - 1
+            for node, group in (await self.nodes.group(found, lambda entry: entry[0])).items():
+                script = self._delete_stale_scripts.get(node)
+                if script is None:
+                    script = self.nodes.node_client(node).register_script(_DELETE_STALE_LUA)
+                    self._delete_stale_scripts[node] = script
+                for begin in range(0, len(group), 1000):
+                    part = group[begin : begin + 1000]
+                    keys = [name for position, key, _ in part for name in (position, key)]
+                    fields = "\n".join(name for _, _, name in part)
+                    deleted += int(await script(keys=keys, args=[read_up_to, fields]))
         self.metrics.redis_writes.labels(op="del").inc(deleted)
         return sum(len(snapshot.latest) for snapshot in snapshots.values()), deleted
 
@@ -448,11 +547,27 @@ class ViewConsumer:
     the topic's end although the last offset there is a marker no consumer sees.
     """
 
-    def __init__(self, views: Sequence[RedisView], *, bootstrap: str, group_id: str, batch: int) -> None:
+    def __init__(
+        self,
+        views: Sequence[RedisView],
+        *,
+        bootstrap: str,
+        group_id: str,
+        batch: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
         self.views = {view.topic: view for view in views}
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.batch = batch
+        # what "acknowledged" means: the group's offsets are committed only once every master has this many replicas
+        # holding what the view wrote (RedisNodes.replicated); 0 on a Redis without replicas
+        self.nodes = views[0].nodes
+        self.metrics = views[0].metrics
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._unreplicated_since: float | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # what is in Redis: per partition, the position after the last batch written (and committed, if it could be)
         self._written: dict[TopicPartition, int] = {}
@@ -489,6 +604,32 @@ class ViewConsumer:
                 tp = TopicPartition(topic, partition)
                 if end > self._through.get(tp, -1):
                     self._through[tp] = end
+
+    async def acknowledged(self) -> bool:
+        """True when Redis's replicas hold everything the view has written (always, with ``wait_replicas`` 0);
+        until then the view's offsets are not committed (the bound a sender's check relies on after a failover:
+        README, "Reliability")."""
+        try:
+            replicated = await self.nodes.replicated(self.wait_replicas, self.wait_timeout_ms)
+        except (RedisError, OSError) as error:
+            log.debug("redis replication barrier failed: %s", error)
+            replicated = False
+        now = time.monotonic()
+        if replicated:
+            if self._unreplicated_since is not None:
+                log.info("redis replicas confirm again after %.1fs", now - self._unreplicated_since)
+            self._unreplicated_since = None
+            return True
+        self.metrics.redis_unreplicated.inc()
+        if self._unreplicated_since is None:
+            self._unreplicated_since = now
+            log.warning(
+                "a Redis master has fewer than %d replica(s) confirming within %d ms: the view's offsets are held "
+                "back until they do",
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
+        return False
 
     def owned_partitions(self, topic: str) -> list[int]:
         consumer = self._consumer
@@ -534,7 +675,7 @@ class ViewConsumer:
                 self._written.clear()
                 offsets, self._uncommitted = self._uncommitted, {}
                 try:
-                    if offsets:  # what is in Redis, so that the next run starts there
+                    if offsets and await self.acknowledged():  # what is in Redis: the next run starts there
                         await asyncio.wait_for(consumer.commit(offsets), timeout=5)
                 except Exception as error:  # read again next time; the watermark skips it in Redis
                     log.debug("committing the redis view's last offsets: %s", error)
@@ -575,8 +716,10 @@ class ViewConsumer:
                 return
             # committed at most once a second, not per batch (a commit is a round trip in every batch's path): what
             # was written since is read again after a restart, and the watermark skips it in Redis
-            offsets, self._uncommitted = self._uncommitted, {}
             self._committed_at = now
+            if not await self.acknowledged():
+                return  # held back: committed once the replicas have it (or read again after a restart)
+            offsets, self._uncommitted = self._uncommitted, {}
             try:
                 await consumer.commit(offsets)
             except KafkaError as error:
@@ -589,7 +732,7 @@ class ViewConsumer:
         async with self._batch_lock:  # the batch in hand is written (and committed) first
             consumer = self._consumer
             offsets, self._uncommitted = self._uncommitted, {}
-            if consumer is not None and offsets:
+            if consumer is not None and offsets and await self.acknowledged():
                 try:
                     await consumer.commit(offsets)
                 except KafkaError as error:  # the next owner reads them again; the watermark skips them

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from fatigue.timeutil import parse_duration_ms
+from streams.redis_keys import check_prefix, is_cluster_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,14 @@ class Settings:
     # min.insync.replicas set on the topics the worker creates; 0: the broker's default (1 / 2). Writes are acks=all:
     # a partition with fewer in-sync replicas than this refuses them.
     min_insync_replicas: int = 0
+    # Replicas of each Redis master that must hold the view's writes before it acknowledges them (commits its
+    # offsets): -1 is 1 on a Redis Cluster URL, 0 on a single Redis. The bound this gives senders after a failover
+    # is in the README ("Reliability"). The wait gives up after redis_wait_timeout_ms and tries again a second later.
+    redis_wait_replicas: int = -1
+    redis_wait_timeout_ms: int = 200
+    # Also write the Redis key layout before hash tags (docs/contract.md, "Migrating from the legacy keys"):
+    # "auto" is on for a single Redis and off for a Redis Cluster (where that layout cannot work); "on" / "off".
+    redis_legacy_keys: str = "auto"
     log_level: str = "info"
 
     @property
@@ -90,6 +99,20 @@ class Settings:
     @property
     def transaction_timeout_ms(self) -> int:
         return int(self.transaction_timeout_s * 1000)
+
+    @property
+    def redis_cluster(self) -> bool:
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def redis_replicas_to_wait_for(self) -> int:
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster else 0
+
+    @property
+    def redis_writes_legacy_keys(self) -> bool:
+        return self.redis_legacy_keys == "on" or (self.redis_legacy_keys == "auto" and not self.redis_cluster)
 
     @property
     def redis_view_group(self) -> str:
@@ -125,6 +148,9 @@ _ENV = {
     "gauge_interval_s": "FATIGUE_GAUGE_INTERVAL",
     "replication_factor": "FATIGUE_REPLICATION_FACTOR",
     "min_insync_replicas": "FATIGUE_MIN_INSYNC_REPLICAS",
+    "redis_wait_replicas": "FATIGUE_REDIS_WAIT_REPLICAS",
+    "redis_wait_timeout_ms": "FATIGUE_REDIS_WAIT_TIMEOUT_MS",
+    "redis_legacy_keys": "FATIGUE_REDIS_LEGACY_KEYS",
 }
 _DURATION_FIELDS = {"deadline_settle_ms", "wall_settle_ms"}
 
@@ -183,4 +209,18 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
             f"fatigue worker: --min-insync-replicas {settings.min_insync_replicas} is above --replication-factor "
             f"{settings.replication_factor}: every acks=all write would be refused; lower it or add replicas"
         )
+    try:
+        check_prefix(settings.redis_prefix)
+        cluster = settings.redis_cluster
+    except ValueError as error:
+        raise SystemExit(f"fatigue worker: {error}") from None
+    if settings.redis_legacy_keys not in ("auto", "on", "off"):
+        raise SystemExit("fatigue worker: --redis-legacy-keys must be auto, on or off")
+    if cluster and settings.redis_legacy_keys == "on":
+        raise SystemExit(
+            "fatigue worker: --redis-legacy-keys on needs a single Redis: on a Redis Cluster a customer's legacy keys "
+            "lie in different hash slots (docs/contract.md, Redis)"
+        )
+    if settings.redis_wait_timeout_ms < 1:
+        raise SystemExit("fatigue worker: --redis-wait-timeout must be >= 1 (milliseconds)")
     return settings

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from streams import redis_keys
 from streams.settings import settings_from
 from streams.worker import ensure_topics
 
@@ -450,13 +450,8 @@ class GuardDeployment:
         return tally
 
     def redis_blocks(self) -> dict[str, dict[str, Any]]:
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{self.redis_prefix}:block:*", count=1000))
-            values = client.mget(keys) if keys else []
-            return {key.decode(): orjson.loads(value) for key, value in zip(keys, values, strict=True) if value}
-        finally:
-            client.close()
+        stored = read_redis_keys(self.redis_url, f"{self.redis_prefix}:{{c:*}}:block:*")
+        return {key: orjson.loads(value) for key, value in stored.items()}
 
     def cleanup(self) -> None:
         self.stop_all()
@@ -467,11 +462,13 @@ class GuardDeployment:
                 admin.delete_topics(ours)
         finally:
             admin.close()
-        client = redis.Redis.from_url(self.redis_url)
+        client = redis_keys.sync_client(self.redis_url)
         try:
             keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.delete(*keys[start : start + 1000])
+            pipe = client.pipeline(transaction=False)
+            for key in keys:  # one by one: on a Redis Cluster the keys lie in many slots
+                pipe.delete(key)
+            pipe.execute()
         finally:
             client.close()
 
@@ -504,3 +501,17 @@ class Tally(Counter[bytes]):
 
     def examples(self, digests: Iterable[bytes], count: int = 2) -> list[bytes]:
         return [self.text(digest) for digest in sorted(digests)[:count]]
+
+
+def read_redis_keys(url: str, match: str) -> dict[str, bytes]:
+    """Every key matching ``match`` with its value, on a single Redis or across a Redis Cluster's masters."""
+    client = redis_keys.sync_client(url)
+    try:
+        names = sorted({key.decode() for key in client.scan_iter(match=match, count=1000)})
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(name)
+        values = pipe.execute() if names else []
+        return {name: value for name, value in zip(names, values, strict=True) if value is not None}
+    finally:
+        client.close()

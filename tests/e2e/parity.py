@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis
 
 from fatigue.engine import Guard
 from fatigue.events import CHANNELS
@@ -19,8 +18,9 @@ from fatigue.policy import load_policy
 from fatigue.replay import Replay, ReplayStats
 from fatigue.state import preferences_view
 from fatigue.testing import DAY
+from streams import redis_keys
 from streams.collector import dead_letter_value
-from tests.e2e.harness import GuardDeployment, Tally
+from tests.e2e.harness import GuardDeployment, Tally, read_redis_keys
 
 SETTLE_MS = 3_600_000  # the worker's default --deadline-settle
 WALL_SETTLE_MS = 60_000  # the worker's default --wall-settle
@@ -116,12 +116,12 @@ def expected_outputs(
     # the states keep their decisions without the evidence Redis holds: the last one published per key instead
     # (the one its customer's state keeps), if it blocks at now_ms
     blocks = {
-        f"{deployment.redis_prefix}:block:{key}": decision
+        redis_keys.block_key(deployment.redis_prefix, *key.split(":", 1)): decision
         for key, (_, decision) in latest.items()
         if _in_force(decision, now_ms)
     }
     prefs = {
-        f"{deployment.redis_prefix}:prefs:{customer}": preferences_view(replay.states[customer])
+        redis_keys.prefs_key(deployment.redis_prefix, customer): preferences_view(replay.states[customer])
         for customer in preference_customers
     }
     return Expected(decisions, rejections, violations, blocks, prefs, accepted_ids, latest, replay.stats, now_ms)
@@ -150,13 +150,8 @@ def violations_on_topic(deployment: GuardDeployment) -> Tally:
 
 def redis_prefs(deployment: GuardDeployment) -> dict[str, dict[str, Any]]:
     """Every preferences view of the deployment in Redis."""
-    client = redis.Redis.from_url(deployment.redis_url)
-    try:
-        keys = [key.decode() for key in client.scan_iter(match=f"{deployment.redis_prefix}:prefs:*", count=1000)]
-        stored = dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
-    finally:
-        client.close()
-    return {key: orjson.loads(value) for key, value in stored.items() if value}
+    stored = read_redis_keys(deployment.redis_url, f"{deployment.redis_prefix}:{{c:*}}:prefs")
+    return {key: orjson.loads(value) for key, value in stored.items()}
 
 
 def _in_force(decision: dict[str, Any], now_ms: int) -> bool:
@@ -355,6 +350,43 @@ def assert_redis_prefs_exact(deployment: GuardDeployment, expected: Expected) ->
     return len(stored)
 
 
+def assert_legacy_keys_mirror(deployment: GuardDeployment) -> None:
+    """On a single Redis the view also writes the layout before hash tags (docs/contract.md, migration): the same
+    values under the legacy names, and nothing else there."""
+    if redis_keys.is_cluster_url(deployment.redis_url):
+        return
+    prefix = deployment.redis_prefix
+    current = {
+        **read_redis_keys(deployment.redis_url, f"{prefix}:{{c:*}}:block:*"),
+        **read_redis_keys(deployment.redis_url, f"{prefix}:{{c:*}}:prefs"),
+    }
+    mirrored: dict[str, bytes] = {}
+    for name, value in current.items():
+        parsed = redis_keys.parse_customer_key(prefix, name)
+        assert parsed is not None, name
+        customer, kind = parsed
+        legacy = (
+            redis_keys.legacy_prefs_key(prefix, customer)
+            if kind == "prefs"
+            else redis_keys.legacy_block_key(prefix, kind.removeprefix("block:"), customer)
+        )
+        mirrored[legacy] = value
+    legacy_held = {
+        **read_redis_keys(deployment.redis_url, f"{prefix}:block:*"),
+        **read_redis_keys(deployment.redis_url, f"{prefix}:prefs:*"),
+    }
+    # blocks ending right now may have expired under one name and not yet the other
+    assert set(legacy_held) ^ set(mirrored) <= {
+        name for name, value in {**legacy_held, **mirrored}.items() if b'"until_ms"' in value and _near_raw(value)
+    }, f"legacy keys differ: {sorted(set(legacy_held) ^ set(mirrored))[:5]}"
+    assert all(legacy_held[name] == mirrored[name] for name in set(legacy_held) & set(mirrored))
+
+
+def _near_raw(value: bytes) -> bool:
+    decision = orjson.loads(value)
+    return _near(decision.get("until_ms"), int(time.time() * 1000))
+
+
 def assert_exact_parity(
     deployment: GuardDeployment,
     messages: Messages,
@@ -378,6 +410,7 @@ def assert_exact_parity(
     assert_violations_exact(deployment, expected)
     assert_redis_blocks_exact(deployment, expected, min_blocks)
     assert_redis_prefs_exact(deployment, expected)
+    assert_legacy_keys_mirror(deployment)
     print(
         f"parity: settled after {settled - started:.1f}s, replayed in {replayed - settled:.1f}s, "
         f"outputs compared in {time.monotonic() - replayed:.1f}s"

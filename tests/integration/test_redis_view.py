@@ -22,12 +22,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from streams.collector import Record as CollectedRecord
 from streams.metrics import Metrics
+from streams import redis_keys
+from streams.redis_nodes import RedisNodes
 from streams.redis_view import (
     Record,
     RedisView,
     ViewConsumer,
-    block_key,
-    prefs_key,
+    ViewLayout,
     read_latest,
     read_partitions,
     watermark_key,
@@ -45,6 +46,16 @@ def _allow(customer: str) -> bytes:
     return orjson.dumps({"action": "allow", "channel": "sms", "customer_id": customer})
 
 
+def block_key(prefix: str, topic_key: bytes) -> str:
+    """The Redis key of a decisions-topic key ``<channel>:<customer>``."""
+    channel, customer = topic_key.decode().split(":", 1)
+    return redis_keys.block_key(prefix, channel, customer)
+
+
+def prefs_key(prefix: str, topic_key: bytes) -> str:
+    return redis_keys.prefs_key(prefix, topic_key.decode())
+
+
 def _view(
     client: aioredis.Redis,
     topic: str,
@@ -54,28 +65,22 @@ def _view(
     partitions: int = 2,
 ) -> RedisView:
     return RedisView(
-        client,
+        RedisNodes(client, prefix=prefix),
         topic=topic,
         bootstrap=bootstrap,
         partitions=partitions,
-        prefix=prefix,
-        redis_key=lambda key: block_key(prefix, key),
-        scan_pattern=f"{prefix}:block:*",
-        expiring=True,
+        layout=ViewLayout(prefix, "blocks"),
         metrics=metrics or Metrics(),
     )
 
 
 def _prefs_view(client: aioredis.Redis, topic: str, prefix: str) -> RedisView:
     return RedisView(
-        client,
+        RedisNodes(client, prefix=prefix),
         topic=topic,
         bootstrap="unused",
         partitions=1,
-        prefix=prefix,
-        redis_key=lambda key: prefs_key(prefix, key),
-        scan_pattern=f"{prefix}:prefs:*",
-        expiring=False,
+        layout=ViewLayout(prefix, "prefs"),
         metrics=Metrics(),
     )
 
@@ -104,7 +109,7 @@ def _topic_records(bootstrap: str, topic: str) -> dict[int, list[Record]]:
 
 
 def _held_blocks(client: redis.Redis, prefix: str) -> dict[bytes, bytes]:
-    keys = sorted(client.scan_iter(match=f"{prefix}:block:*", count=1000))
+    keys = sorted(client.scan_iter(match=f"{prefix}:{{c:*}}:block:*", count=1000))
     return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
 
 
@@ -197,9 +202,10 @@ def test_older_offsets_written_after_newer_ones_change_nothing(
             fresh = (8, b"sms:fresh", _block("fresh", now_ms + 900_000))
             result = await blocks._write(0, [*older[3:], *newer, fresh], start=3, end=9)
             assert (result.applied, result.sets, result.deletes, result.skipped) == (True, 1, 0, 4)  # one per key
-            # one that starts after the watermark + 1 is refused: Redis lacks the records before it
-            gap = await blocks._write(0, [(20, b"sms:blocked", older[0][2])], start=20, end=21)
-            assert not gap.applied
+            # one that starts after the watermark + 1 is not complete (Redis lacks the records before it: the view
+            # reconciles) and leaves the watermark; its own records, newer than what their customers hold, are written
+            gap = await blocks._write(0, [(20, b"sms:gap", _block("gap", now_ms + 900_000))], start=20, end=21)
+            assert not gap.applied and gap.sets == 1
             assert await blocks.watermark(0) == 8 and await prefs.watermark(0) == 3
         finally:
             await client.aclose()
@@ -211,6 +217,7 @@ def test_older_offsets_written_after_newer_ones_change_nothing(
     assert redis_client.get(block_key(prefix, b"sms:tomb")) is None
     assert redis_client.get(block_key(prefix, b"sms:late")) == newer[3][2]
     assert redis_client.get(block_key(prefix, b"sms:fresh")) is not None
+    assert redis_client.get(block_key(prefix, b"sms:gap")) is not None
     assert redis_client.get(prefs_key(prefix, b"c1")) == b'{"timezone":"Asia/Tokyo"}'
     assert redis_client.get(prefs_key(prefix, b"c2")) == b'{"timezone":"UTC"}'
 
@@ -337,7 +344,7 @@ def test_the_view_consumer_writes_what_it_commits_and_resumes_there(
     producer.flush()
 
     _follow_until_done(redis_url, topic, bootstrap_servers, prefix, group)
-    held = {key for key in redis_client.scan_iter(match=f"{prefix}:block:*", count=1000)}
+    held = {key for key in redis_client.scan_iter(match=f"{prefix}:{{c:*}}:block:*", count=1000)}
     assert held == {block_key(prefix, f"sms:c{i}".encode()).encode() for i in range(300) if i != 7}
     committed = kafka_admin.list_group_offsets({group: None})[group]
     ends = KafkaConsumer(bootstrap_servers=bootstrap_servers).end_offsets(list(committed))
@@ -631,8 +638,9 @@ def test_a_committed_transaction_is_written_through_and_a_gap_is_left_to_the_con
     topic_factory: Callable[..., str],
 ):
     """What the pipeline commits reaches Redis at once (write-through), up to the transaction's commit marker, and
-    the view's consumer does not write it again; records after an aborted transaction leave a gap that
-    write-through refuses (Redis would claim offsets it lacks): the consumer then writes them from the topic."""
+    the view's consumer does not write it again; records after an aborted transaction leave a gap: they are written
+    through, but the watermark does not pass the gap (Redis would claim offsets it lacks), and the consumer reads
+    the partition from there."""
     prefix = redis_key_prefix.rstrip(":")
     topic = topic_factory("blocks", partitions=1, config={"cleanup.policy": "compact"})
     now_ms = int(time.time() * 1000)
@@ -667,7 +675,9 @@ def test_a_committed_transaction_is_written_through_and_a_gap_is_left_to_the_con
             await other.send_and_wait(topic, key=b"sms:b", value=_allow("b"), partition=0)
             await other.abort_transaction()
             end = await commit([(b"sms:a", _allow("a"))])
-            assert redis_client.get(block_key(prefix, b"sms:a")) is not None, "a gap: nothing written through"
+            # committed records are written through after a gap too (each is newer than what its customer holds),
+            # but the batch is not complete: the watermark stays before the gap, and the consumer covers it
+            assert redis_client.get(block_key(prefix, b"sms:a")) is None
             assert int(redis_client.get(watermark_key(prefix, topic, 0)) or -1) < end - 1
 
             consuming = asyncio.create_task(views.run())
@@ -686,6 +696,6 @@ def test_a_committed_transaction_is_written_through_and_a_gap_is_left_to_the_con
 
     asyncio.run(scenario())
     assert _held_blocks(redis_client, prefix) == {block_key(prefix, b"sms:b").encode(): _block("b", now_ms + 600_000)}
-    # the consumer wrote the allow after the gap; the first transaction's blocks were written once, by write-through
+    # every record was written once, by write-through
     # (a first consumer run reconciles from the topic, which writes nothing Redis already holds at its offset)
     assert _writes(metrics) == {"set": 2, "del": 1}
