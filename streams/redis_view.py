@@ -81,34 +81,36 @@ log = logging.getLogger("fatigue.redis")
 # (offset, key, value) of one partition's record; value None is a tombstone
 Record = tuple[int, bytes, bytes | None]
 
-# Writes one master's share of a batch (``allow-cross-slot-keys``: the customers' keys lie in many slots of the one
-# node, see streams.redis_nodes). ARGV[1]: per record one line "offset op pxat n field" (op 'd' DEL, 's' SET, 'x'
-# SET PXAT; n keys it writes; field: the record's topic key's field in its customer's position hash);
-# ARGV[2..]: per record its value (empty for a DEL). KEYS: per record its customer's position hash, then its n keys.
-# A record is applied only when its offset is above the position its topic key holds, which it then becomes. Few
+# Writes one master's share of a batch. ARGV[1]: per record one line "offset op pxat n field" (op 'd' DEL, 's' SET,
+# 'x' SET PXAT; n keys it writes; field: the record's field in its customer's position hash); then per record its
+# customer's position hash, its n keys and its value (empty for a DEL). A record is applied only when its offset is
+# above the position its field holds, which it then becomes. The keys are arguments, not declared keys: on a Redis
+# Cluster, Redis 7 refuses declared keys of several slots even with ``allow-cross-slot-keys``, which lets a script
+# use undeclared keys of any slot its node serves (the view sends each master the customers of its slots, see
+# streams.redis_nodes; a key of a slot the node does not serve fails the whole call, never a wrong write). Few
 # arguments per record, because packing each one costs the client more than the whole script costs Redis. Returns
 # {sets, deletes, skipped}.
 _APPLY_LUA = """#!lua flags=allow-cross-slot-keys
-local k, r, sets, dels, skipped = 1, 0, 0, 0, 0
+local a, sets, dels, skipped = 2, 0, 0, 0
 for offset, op, pxat, n, field in string.gmatch(ARGV[1], '(%d+) (%a) (%d+) (%d+) (%S+)') do
-  r = r + 1
   n = tonumber(n)
-  if tonumber(offset) > tonumber(redis.call('HGET', KEYS[k], field) or '-1') then
-    for j = k + 1, k + n do
+  local position, value = ARGV[a], ARGV[a + n + 1]
+  if tonumber(offset) > tonumber(redis.call('HGET', position, field) or '-1') then
+    for j = a + 1, a + n do
       if op == 'd' then
-        redis.call('DEL', KEYS[j])
+        redis.call('DEL', ARGV[j])
       elseif op == 'x' then
-        redis.call('SET', KEYS[j], ARGV[r + 1], 'PXAT', pxat)
+        redis.call('SET', ARGV[j], value, 'PXAT', pxat)
       else
-        redis.call('SET', KEYS[j], ARGV[r + 1])
+        redis.call('SET', ARGV[j], value)
       end
     end
     if op == 'd' then dels = dels + 1 else sets = sets + 1 end
-    redis.call('HSET', KEYS[k], field, offset)
+    redis.call('HSET', position, field, offset)
   else
     skipped = skipped + 1
   end
-  k = k + n + 1
+  a = a + n + 2
 end
 return {sets, dels, skipped}
 """
@@ -123,17 +125,16 @@ if tonumber(ARGV[2]) > held then redis.call('SET', KEYS[1], ARGV[2]) end
 return 1
 """
 
-# KEYS: pairs (a customer's position hash, a key of that customer the topic has no record for). ARGV[1]: the
-# offset the reconcile read up to, ARGV[2]: per pair the key's field in the position hash, one per line. Deletes a
-# key only while no reader has written a record of it past that offset (which may have created the key); returns
-# how many it deleted.
+# ARGV[1]: the offset the reconcile read up to; then triples (a customer's position hash, a key of that customer the
+# topic has no record for, the key's field in the hash); undeclared keys, as in _APPLY_LUA. Deletes a key only while
+# no reader has written a record of it past that offset (which may have created the key); returns how many it
+# deleted.
 _DELETE_STALE_LUA = """#!lua flags=allow-cross-slot-keys
-local deleted, read_up_to, i = 0, tonumber(ARGV[1]), 1
-for field in string.gmatch(ARGV[2], '(%S+)') do
-  if tonumber(redis.call('HGET', KEYS[i], field) or '-1') <= read_up_to then
-    deleted = deleted + redis.call('DEL', KEYS[i + 1])
+local deleted, read_up_to = 0, tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  if tonumber(redis.call('HGET', ARGV[i], ARGV[i + 2]) or '-1') <= read_up_to then
+    deleted = deleted + redis.call('DEL', ARGV[i + 1])
   end
-  i = i + 2
 end
 return deleted
 """
@@ -352,33 +353,33 @@ class RedisView:
     ) -> WriteResult:
         now_ms = int(time.time() * 1000)
         layout = self.layout
-        calls: list[tuple[NodeId, list[str], list[bytes | str | int]]] = []
+        calls: list[tuple[NodeId, list[bytes | str | int]]] = []
         groups = await self.nodes.group(
             ((key, record, layout.customer(key)) for key, record in items), lambda item: layout.position(item[2])
         )
         for node, group in groups.items():
-            keys: list[str] = []
             lines: list[str] = []
-            values: list[bytes] = []
+            args: list[bytes | str | int] = [""]
             for key, (offset, value), customer in group:
                 targets = layout.keys(key)
-                keys.append(layout.position(customer))
-                keys.extend(targets)
                 op, payload, pxat = self._op(value, now_ms)
                 position_field = layout.field(self.topic, partition, key.decode())
                 lines.append(f"{offset} {op} {pxat} {len(targets)} {position_field}\n")
-                values.append(payload)
-            calls.append((node, keys, ["".join(lines), *values]))
+                args.append(layout.position(customer))
+                args.extend(targets)
+                args.append(payload)
+            args[0] = "".join(lines)
+            calls.append((node, args))
         progress_keys, progress_args = [self.watermark_key(partition)], [start, last]
         if not self.nodes.cluster:
             # one round trip: the records, then the watermark, in one pipeline
             pipe = self.client.pipeline(transaction=False)
-            for node, keys, args in calls:
-                await self._apply_script(node)(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            for node, args in calls:
+                await self._apply_script(node)(keys=[], args=args, client=pipe)  # type: ignore[arg-type]
             await self._progress_script(keys=progress_keys, args=progress_args, client=pipe)  # type: ignore[arg-type]
             *counts, status = await pipe.execute()
         else:
-            node_calls = (self._apply_script(node)(keys=keys, args=args) for node, keys, args in calls)
+            node_calls = (self._apply_script(node)(keys=[], args=args) for node, args in calls)
             counts = list(await asyncio.gather(*node_calls))
             status = await self._progress_script(keys=progress_keys, args=progress_args)
         sets = sum(int(count[0]) for count in counts)
@@ -478,9 +479,8 @@ class RedisView:
                     self._delete_stale_scripts[node] = script
                 for begin in range(0, len(group), 1000):
                     part = group[begin : begin + 1000]
-                    keys = [name for position, key, _ in part for name in (position, key)]
-                    fields = "\n".join(name for _, _, name in part)
-                    deleted += int(await script(keys=keys, args=[read_up_to, fields]))
+                    args: list[str | int] = [read_up_to, *(name for entry in part for name in entry)]
+                    deleted += int(await script(keys=[], args=args))
         self.metrics.redis_writes.labels(op="del").inc(deleted)
         return sum(len(snapshot.latest) for snapshot in snapshots.values()), deleted
 

@@ -19,6 +19,8 @@ import pytest
 import redis
 from kafka import KafkaAdminClient
 
+from streams.redis_keys import sync_client
+
 HOW_TO_RUN = (
     "Integration tests need the local Kafka + Redis stack: run them with `make test`, or start the stack "
     'with `deploy/local/stack.sh up` and export its addresses with `eval "$(deploy/local/stack.sh env)"`.'
@@ -136,7 +138,7 @@ def redis_url() -> str:
     """URL of the running stack's Redis, checked to answer PING."""
     url = _required_env("FATIGUE_REDIS_URL")
     try:
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        client = sync_client(url, socket_timeout=5, socket_connect_timeout=5)
         try:
             client.ping()
         finally:
@@ -154,12 +156,16 @@ def redis_key_prefix(unique_name: Callable[[str], str]) -> str:
 
 @pytest.fixture
 def redis_client(redis_url: str, redis_key_prefix: str) -> Iterator[redis.Redis]:
-    """Sync redis-py client (decode_responses=False). Deletes the test's own keys afterwards, nothing else."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=10)
-    yield client
+    """Sync redis-py client (decode_responses=False; redis-py's cluster client on a Redis Cluster URL). Deletes the
+    test's own keys afterwards, nothing else."""
+    client = sync_client(redis_url, socket_timeout=10)
+    yield client  # type: ignore[misc]
     try:
         keys = list(client.scan_iter(match=redis_key_prefix + "*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:  # one by one: on a Redis Cluster they lie in many slots
+            pipe.delete(key)
         if keys:
-            client.delete(*keys)
+            pipe.execute()
     finally:
         client.close()
