@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from streams import redis_keys
 from streams.collector import Record as CollectedRecord
 from streams.metrics import Metrics
-from streams import redis_keys
 from streams.redis_nodes import RedisNodes
 from streams.redis_view import (
     Record,
