@@ -1,0 +1,345 @@
+"""PreSendCheck on the hash-tagged key layout, on the single Redis and on the Redis Cluster of the cluster profile.
+
+The same customers (blocked, capped long ago, with quiet hours now or not, odd ids) are written with the
+streams.redis_keys functions to both; ``is_allowed`` and the bulk ``filter`` must give the expected verdict for
+every id, the same on both. On the cluster the customers are spread over the three primaries, the fallback path
+(per-slot MGETs, where the script cannot run) agrees, the CLI takes the cluster URL, and a bulk filter that meets a
+failover (``CLUSTER FAILOVER`` on a replica: its primary's slots move, no process stops) answers no id wrongly.
+
+The cluster tests (marker ``cluster``) are skipped unless the cluster profile's environment is exported
+(`eval "$(deploy/local/stack.sh env --cluster)"`); they then also need the single-node stack, for the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from fatigue.events import CHANNELS
+from streams.redis_keys import block_key, customer_tag, is_cluster_url, prefs_key
+from streams.sender import PreSendCheck, Verdict
+
+REPO = Path(__file__).resolve().parents[2]
+STACK = REPO / "deploy" / "local" / "stack.sh"
+HOW_TO_RUN = 'start it with `deploy/local/stack.sh up --cluster` and `eval "$(deploy/local/stack.sh env --cluster)"`'
+ENV_URL = os.environ.get("FATIGUE_REDIS_URL", "")
+CLUSTER_URL = ENV_URL if ENV_URL and is_cluster_url(ENV_URL) else None
+DAY = 86_400_000
+ODD_IDS = ["", "a}b", "{x}", "}", "{", "c:{d}", "é-ü-\u4e2d", "line\nbreak", "nul\x00byte", "tab\x1fsep", "x" * 300]
+CUSTOMERS = [f"cust-{index:05d}" for index in range(3000)] + ODD_IDS
+
+
+def _clock(minute: int) -> str:
+    minute %= 1440
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+class Audience:
+    """Customers with, by index: an email block in force (% 4 == 0), an expired one the view has not removed yet
+    (% 4 == 1), an sms block (% 5 == 0), email quiet hours around now (% 10 == 3) or far from now (% 10 == 7);
+    the odd ids are all blocked on email."""
+
+    def __init__(self, prefix: str, now: int) -> None:
+        self.prefix = prefix
+        self.now = now
+        minute = (now // 60_000) % 1440
+        self.quiet_now = {"start": _clock(minute - 120), "end": _clock(minute + 120)}
+        self.quiet_later = {"start": _clock(minute + 300), "end": _clock(minute + 420)}
+
+    def write(self, client: redis.Redis | RedisCluster) -> None:
+        now = self.now
+        pipe = client.pipeline(transaction=False)
+        for index, customer in enumerate(CUSTOMERS):
+            odd = customer in ODD_IDS
+            if index % 4 == 0 or odd:
+                block = {"action": "block", "reason": "cap", "until": None, "until_ms": now + DAY}
+                pipe.set(block_key(self.prefix, "email", customer), orjson.dumps(block), pxat=now + DAY)
+            elif index % 4 == 1:
+                stale = {"action": "block", "reason": "cap", "until_ms": now - 1000}
+                pipe.set(block_key(self.prefix, "email", customer), orjson.dumps(stale), px=DAY)
+            if index % 5 == 0:
+                block = {"action": "block", "reason": "sms_stop", "until": None}
+                pipe.set(block_key(self.prefix, "sms", customer), orjson.dumps(block), px=DAY)
+            if index % 10 in (3, 7):
+                quiet = self.quiet_now if index % 10 == 3 else self.quiet_later
+                view = {"customer_id": customer, "timezone": "UTC", "quiet_hours": {"email": quiet}}
+                pipe.set(prefs_key(self.prefix, customer), orjson.dumps(view), px=DAY)
+        pipe.execute()
+
+    def expected(self, channel: str) -> dict[str, Verdict]:
+        verdicts: dict[str, Verdict] = {}
+        for index, customer in enumerate(CUSTOMERS):
+            verdict = Verdict(True)
+            if channel == "email" and (index % 4 == 0 or customer in ODD_IDS):
+                verdict = Verdict(False, "cap", None)
+            elif channel == "email" and index % 10 == 3:
+                verdict = Verdict(False, "quiet_hours")
+            elif channel == "sms" and index % 5 == 0:
+                verdict = Verdict(False, "sms_stop", None)
+            verdicts[customer] = verdict
+        return verdicts
+
+
+def _verdicts(check: PreSendCheck, channel: str, now: int, batch: int = 700) -> dict[str, Verdict]:
+    bulk = list(check.filter(CUSTOMERS, channel, now, batch=batch))
+    assert [customer for customer, _ in bulk] == CUSTOMERS  # every id, in order
+    return dict(bulk)
+
+
+def _clean(client: redis.Redis | RedisCluster, prefix: str) -> None:
+    nodes: list[redis.Redis] = [client] if isinstance(client, redis.Redis) else []
+    if isinstance(client, RedisCluster):
+        nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
+    for node in nodes:
+        keys = list(node.scan_iter(match=f"{prefix}:*", count=1000))
+        pipe = node.pipeline(transaction=False)
+        for key in keys:  # one key per command: a node's keys span many slots
+            pipe.unlink(key)
+        pipe.execute()
+
+
+@pytest.fixture(scope="module")
+def single_url() -> str:
+    """The single-node stack's Redis: FATIGUE_REDIS_URL, or, when that is the cluster's, what `stack.sh env` gives."""
+    url = ENV_URL
+    if not url or is_cluster_url(url):
+        env = {key: value for key, value in os.environ.items() if key != "FATIGUE_REDIS_URL"}
+        printed = subprocess.run([str(STACK), "env"], capture_output=True, text=True, env=env, timeout=30).stdout
+        url = next(
+            (line.split("=", 1)[1].strip("'\"") for line in printed.split() if line.startswith("FATIGUE_REDIS_URL=")),
+            "redis://127.0.0.1:16379/0",
+        )
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client:
+            client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"the single-node Redis at {url} does not answer ({error!r}): deploy/local/stack.sh up")
+    return url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-sender-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def single(single_url: str, prefix: str) -> Iterator[PreSendCheck]:
+    check = PreSendCheck.from_url(single_url, prefix=prefix, socket_timeout=10)
+    yield check
+    _clean(check.client, prefix)
+    check.close()
+
+
+@pytest.fixture
+def cluster(prefix: str) -> Iterator[PreSendCheck]:
+    assert CLUSTER_URL is not None
+    try:
+        check = PreSendCheck.from_url(CLUSTER_URL, prefix=prefix, socket_timeout=10, socket_connect_timeout=5)
+    except Exception as error:
+        pytest.fail(f"the Redis Cluster at {CLUSTER_URL} does not answer: {error!r}; {HOW_TO_RUN}", pytrace=False)
+    yield check
+    _clean(check.client, prefix)
+    check.close()
+
+
+def test_verdicts_on_the_single_redis(single: PreSendCheck, prefix: str) -> None:
+    now = int(time.time() * 1000)
+    audience = Audience(prefix, now)
+    audience.write(single.client)
+    for channel in CHANNELS:
+        expected = audience.expected(channel)
+        assert _verdicts(single, channel, now) == expected
+        assert {customer: single.is_allowed(customer, channel, now) for customer in CUSTOMERS} == expected
+    assert single.script_unusable is None  # the script path ran, not the MGET fallback
+    # the MGET path (where the script cannot run) agrees
+    single.script_unusable = "test: the MGET path"
+    assert _verdicts(single, "email", now) == audience.expected("email")
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(CLUSTER_URL is None, reason=f"the cluster profile is not in use: {HOW_TO_RUN}")
+def test_verdicts_are_the_same_on_the_single_redis_and_the_cluster(
+    single: PreSendCheck, cluster: PreSendCheck, prefix: str
+) -> None:
+    now = int(time.time() * 1000)
+    audience = Audience(prefix, now)
+    audience.write(single.client)
+    audience.write(cluster.client)
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    blocked = [customer for index, customer in enumerate(CUSTOMERS) if index % 4 == 0]
+    quiet = [customer for index, customer in enumerate(CUSTOMERS) if index % 10 == 3]
+    for group in (blocked, quiet, ODD_IDS):  # each kind of customer on every primary
+        assert len({client.get_node_from_key(customer_tag(customer)).name for customer in group}) == 3
+    for channel in CHANNELS:
+        expected = audience.expected(channel)
+        on_cluster = _verdicts(cluster, channel, now)
+        assert on_cluster == expected
+        assert on_cluster == _verdicts(single, channel, now)
+        assert {customer: cluster.is_allowed(customer, channel, now) for customer in CUSTOMERS} == expected
+    assert _verdicts(cluster, "email", now, batch=5000) == audience.expected("email")
+    assert cluster.script_unusable is None
+    # where the script cannot run, the cluster client's own per-slot MGETs give the same verdicts
+    cluster.script_unusable = "test: the MGET path"
+    assert _verdicts(cluster, "email", now) == audience.expected("email")
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(CLUSTER_URL is None, reason=f"the cluster profile is not in use: {HOW_TO_RUN}")
+def test_the_cli_takes_the_cluster_url(cluster: PreSendCheck, prefix: str, tmp_path: Path) -> None:
+    assert CLUSTER_URL is not None
+    now = int(time.time() * 1000)
+    audience = Audience(prefix, now)
+    audience.write(cluster.client)
+    env = {**os.environ, "FATIGUE_REDIS_URL": CLUSTER_URL, "FATIGUE_REDIS_PREFIX": prefix}
+    checked = subprocess.run(
+        [sys.executable, "-m", "fatigue.cli", "check", "cust-00000"], capture_output=True, env=env, timeout=60
+    )
+    assert checked.returncode == 0, checked.stderr
+    report = orjson.loads(checked.stdout)
+    assert report["channels"]["email"]["status"] == "blocked"
+    assert report["channels"]["sms"]["decision"]["reason"] == "sms_stop"
+    assert report["channels"]["call"] == {"status": "allowed"}
+    plain = [customer for customer in CUSTOMERS if customer not in ODD_IDS]
+    path = tmp_path / "audience.txt"
+    path.write_text("".join(f"{customer}\n" for customer in plain))
+    filtered = subprocess.run(
+        [sys.executable, "-m", "fatigue.cli", "filter", "--channel", "email", str(path)],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    expected = audience.expected("email")
+    assert filtered.stdout.decode().splitlines() == [customer for customer in plain if expected[customer].allowed]
+
+
+def _node_id_and_role(port: int) -> tuple[str, str]:
+    with redis.Redis(port=port, socket_timeout=5) as node:
+        return node.execute_command("CLUSTER", "MYID").decode(), node.execute_command("ROLE")[0].decode()
+
+
+def _swapped(replica_port: int, primary_port: int) -> bool:
+    """The replica is a primary, the primary its replica in sync, and both see the cluster ok."""
+    if (_node_id_and_role(replica_port)[1], _node_id_and_role(primary_port)[1]) != ("master", "slave"):
+        return False
+    with redis.Redis(port=primary_port, socket_timeout=5) as old:
+        if old.info("replication").get("master_link_status") != "up":
+            return False
+    for port in (replica_port, primary_port):
+        with redis.Redis(port=port, socket_timeout=5) as node:
+            if node.cluster("INFO")["cluster_state"] != "ok":
+                return False
+    return True
+
+
+def _knows_its_replica(primary_port: int, replica_port: int) -> bool:
+    """The primary's own view lists the replica as its replica (a manual failover needs the primary's consent)."""
+    replica_id = _node_id_and_role(replica_port)[0]
+    with redis.Redis(port=primary_port, socket_timeout=5, decode_responses=True) as primary:
+        lines = primary.execute_command("CLUSTER", "REPLICAS", primary.execute_command("CLUSTER", "MYID"))
+    return any(line.split()[0] == replica_id for line in lines)
+
+
+def _failover(replica_port: int, primary_port: int, timeout_s: float = 90.0) -> None:
+    """CLUSTER FAILOVER on the replica (coordinated: the primary pauses writes until the replica has caught up);
+    returns once the two have swapped roles. Right after a failover the new primary may not know its new replica
+    yet, and a manual failover then times out (5 s): it is asked again until it succeeds."""
+    deadline = time.monotonic() + timeout_s
+    while not _knows_its_replica(primary_port, replica_port):
+        assert time.monotonic() < deadline, f"{primary_port} does not list {replica_port} as its replica"
+        time.sleep(0.2)
+    while True:
+        with redis.Redis(port=replica_port, socket_timeout=10) as replica:
+            replica.execute_command("CLUSTER", "FAILOVER")
+        asked = time.monotonic()
+        while time.monotonic() - asked < 10:
+            if _swapped(replica_port, primary_port):
+                return
+            time.sleep(0.2)
+        assert time.monotonic() < deadline, f"failover of {primary_port} to {replica_port} not done in {timeout_s}s"
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(CLUSTER_URL is None, reason=f"the cluster profile is not in use: {HOW_TO_RUN}")
+def test_a_bulk_filter_meeting_a_failover_answers_no_id_wrongly(cluster: PreSendCheck, prefix: str) -> None:
+    assert CLUSTER_URL is not None
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    now = int(time.time() * 1000)
+    audience = Audience(prefix, now)
+    audience.write(client)
+    expected = audience.expected("email")
+    assert _verdicts(cluster, "email", now) == expected  # the check's slot map is now the current one
+
+    # a primary serving some of the audience, and its replica
+    probe = customer_tag(CUSTOMERS[0])
+    slot = key_slot(probe.encode())
+    primary = client.get_node_from_key(probe)
+    primary_id = _node_id_and_role(primary.port)[0]
+    replicas = [
+        int(address.split("@")[0].rsplit(":", 1)[1])
+        for address, node in client.cluster_nodes().items()
+        if node["master_id"] == primary_id and "slave" in node["flags"]
+    ]
+    assert replicas, f"no replica of {primary.name}"
+    replica_port = replicas[0]
+
+    # bulk filters all along, on a check of their own, while the slots move and move back
+    mismatches: list[tuple[str, Verdict, Verdict]] = []
+    passes = 0
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_filtering() -> None:
+        nonlocal passes
+        with PreSendCheck.from_url(CLUSTER_URL, prefix=prefix, socket_timeout=10) as busy:
+            while not stop.is_set():
+                try:
+                    got = _verdicts(busy, "email", now, batch=1000)
+                except Exception as error:  # recorded: a pass may not fail either, but must never answer wrongly
+                    errors.append(error)
+                    continue
+                mismatches.extend((c, got[c], expected[c]) for c in CUSTOMERS if got[c] != expected[c])
+                passes += 1
+
+    worker = threading.Thread(target=keep_filtering, daemon=True)
+    worker.start()
+    failed_over = False
+    try:
+        time.sleep(0.5)
+        _failover(replica_port, primary.port)
+        failed_over = True
+        # `cluster` still maps the slot to the old primary, now a replica: its script call is refused, the ids are
+        # retried on a fresh map, and every verdict is right
+        stale_owner = cluster._slot_owner[slot]
+        assert _verdicts(cluster, "email", now) == expected
+        assert cluster._slot_owner[slot] != stale_owner
+        assert cluster._slot_owner[slot].endswith(f":{replica_port}")
+        assert cluster.script_unusable is None  # it stayed on the script path
+        time.sleep(0.5)
+    finally:
+        try:
+            if failed_over:  # back to the roles the stack started with
+                _failover(primary.port, replica_port)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            worker.join(60)
+    assert not mismatches, mismatches[:5]
+    assert not errors, errors[:3]  # nor did any pass fail: the retries on a fresh slot map absorbed the failover
+    assert passes >= 2, passes
+    assert _verdicts(cluster, "email", now) == expected
+    assert _node_id_and_role(primary.port)[1] == "master"
