@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import orjson
 
+from streams.redis_keys import block_key
 from tests.e2e.harness import REPO, GuardDeployment
 
 
@@ -75,7 +76,7 @@ def test_readme_sender_examples_work(deployment_factory: Callable[..., GuardDepl
         "send to: ['cust-44'] removed: {'unsubscribe': 1}",
     ], email.stdout + email.stderr
     redis_cli = subprocess.run(
-        ["redis-cli", "-u", deployment.redis_url, "GET", f"{prefix}:block:email:cust-43"],
+        ["redis-cli", "-u", deployment.redis_url, "GET", block_key(prefix, "email", "cust-43")],
         capture_output=True,
         text=True,
         check=True,
