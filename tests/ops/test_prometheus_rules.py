@@ -24,6 +24,7 @@ REQUIRED_ALERTS = {
     "FatigueGuardWorkerDown",
     "FatigueGuardNoWorkers",
     "FatigueGuardConsumerLagGrowing",
+    "FatigueGuardRedisUnreplicated",
     "FatigueGuardDeadLetterRate",
     "FatigueGuardRedisSinkFailing",
     "FatigueGuardInputSkipped",
