@@ -1,57 +1,62 @@
 """Redis as a materialised view of a compacted topic, for email platforms' pre-send lookups.
 
-Records are applied in batches, one Lua script call per partition batch (EVALSHA; redis-py loads the script again
-when Redis answers NOSCRIPT, e.g. after a restart): SET with PXAT at the block's ``until``, DEL for allows, expired
-blocks and tombstones, SET for preference views. Calls are retried until Redis answers, so an outage only delays
-the view: consumption of the decisions topic pauses while the guard itself goes on. After a failure, and whenever
-Redis restarts (its run_id changes) or turns out to lack records before a batch, the view is reconciled from the
-compacted topic. Every reader reads committed: the guard writes its outputs in transactions, and an aborted one
-must never reach Redis.
+Records are applied in batches, one Lua script call per Redis master per partition batch (on a single Redis, one;
+EVALSHA, and redis-py loads the script again when Redis answers NOSCRIPT, e.g. after a restart): SET with PXAT at
+the block's ``until``, DEL for allows, expired blocks and tombstones, SET for preference views, under the
+hash-tagged keys of streams.redis_keys (and the legacy ones too, on a single Redis, while they are still written).
+Calls are retried until Redis answers, so an outage only delays the view: consumption of the decisions topic
+pauses while the guard itself goes on. After a failure, and whenever Redis restarts or fails over (its masters or
+their run ids change) or turns out to lack records before a batch, the view is reconciled from the compacted
+topic. Every reader reads committed: the guard writes its outputs in transactions, and an aborted one must never
+reach Redis.
 
 Why every write is conditional on the record's position. A worker frozen (SIGSTOP, a long GC pause, a VM stall)
 past the session timeout loses its partitions, but it may still hold a batch it fetched before the freeze; thawed,
 it would write that batch over the newer values the partition's new owner wrote meanwhile, and nothing would
-correct them until the key changes again. So Redis keeps, per topic partition, a watermark
-``{prefix}:view-offset:{topic}:{partition}``: the offset up to which Redis holds that partition. The script that
-applies a batch, atomically: skips every record at or below the watermark, applies the others, and raises the
-watermark to the batch's last offset. Invariant: Redis never holds a record above its partition's watermark, so a
-record above it is newer than anything Redis holds for its key, and a record at or below it is never written.
-Whoever writes last, a stale reader cannot set a key back. A missing watermark means nothing was written yet.
+correct them until the key changes again. So Redis keeps, per key, the offset of the record it holds: a field
+``<topic>:<partition>[:<channel>]`` of the customer's hash ``{prefix}:{c:<id>}:pos``, in the customer's hash slot
+(a script may only touch keys of its node on a cluster). The script writes a record only when its offset is above
+its key's position, which it then becomes, atomically: whoever writes last, a stale reader cannot set a key back,
+and records of one key arrive in offset order whichever way they come (a partition's batches from the view's
+consumer, a transaction's from write-through, a reconcile's snapshot). A tombstone keeps its key's position too
+(else a stale reader could bring back a block an expiry or an erasure removed), so the position hash outlives the
+customer's last key: offsets only, under the customer's pseudonymous id.
 
-Completeness is the other half: Redis should hold everything up to the watermark. A batch also says where it starts
-(the reader's position before it: the records of ``[start, end)`` are all there, transaction markers and
-compacted-away offsets hold none); the script refuses a batch that starts after ``watermark + 1``, because Redis
-then lacks the records between (it restarted empty and a client reconnected silently, or it was restored from an
-older copy): the view reconciles instead of leaving a hole behind a watermark that claims more.
+Completeness. Redis keeps per topic partition a watermark ``{prefix}:view-offset:{topic}:{partition}``: the offset
+up to which a batch was written completely. A batch says where it starts (the reader's position before it: the
+records of ``[start, end)`` are all there, transaction markers and compacted-away offsets hold none); one that
+starts after ``watermark + 1`` is incomplete: Redis lacks the records between (it restarted empty and a client
+reconnected silently, it was restored from an older copy, or an aborted transaction's records lie before a
+write-through). Its records are still written (each is newer than what its key holds), but the watermark stays and
+the view reconciles (or, for a write-through, leaves the partition to its consumer). The watermark is also the
+view's progress for operators and benchmarks.
 
 Write-through. The records the worker's own pipeline commits to these topics are written the moment their
 transaction has committed (:meth:`ViewConsumer.write_through`, with the offsets the broker gave them and the
 offset past the commit marker as the batch's end), instead of a fetch later, once the consumer has read them back
-and the view's turn in the event loop has come. It goes through the same script, so it is as safe: a write-through
-that comes after an aborted transaction's records (a gap), or to a Redis that lost data, is refused by the script,
-and one that fails or takes too long is dropped (and write-through paused for a few seconds). Either way the
-consumer, which reads every record of the topics as before, writes those; it skips the Redis call only for
-batches this worker has written through up to their end. Only committed records are ever written through: a
-fenced zombie's commit fails, so it writes nothing through, and one frozen between its commit and its
-write-through is the stale reader above.
+and the view's turn in the event loop has come. It goes through the same script, so it is as safe; one that fails
+or takes too long is dropped (and write-through paused for a few seconds), and then the consumer, which reads every
+record of the topics as before, writes those; it skips the Redis call only for batches this worker has written
+through completely up to their end. Only committed records are ever written through: a fenced zombie's commit
+fails, so it writes nothing through, and one frozen between its commit and its write-through is the stale reader
+above.
 
 The reconcile, made safe against stale readers the same way. It reads the topic up to its last stable offset ``E``
-(a snapshot: each key's latest record and its offset) and writes the snapshot through the same script, in chunks
-sorted by offset, each raising the watermark to its own last offset (the final one to ``E - 1``): it is a batch of
-``[0, E)`` whose superseded records are left out, so a reader frozen between chunks, or before its first, and
-thawed after the new owner wrote newer records, writes none of its older ones (they are at or below the watermark
-by then). A key whose older record fell in an applied chunk while its latest lies beyond the watermark keeps its
-previous value until a reader passes that latest record (the current owner does, reading on from the watermark):
-transient, never older than Redis held before. Keys the topic no longer has at all (tombstones compacted away,
-keys from before the watermark existed) are deleted by a second script, per partition, only while the watermark
-is still ``E - 1``: if any reader has written past ``E - 1``, the scan may have seen a key it just created, and
-the deletion of that partition's stale keys is left to a later reconcile.
+(a snapshot: each key's latest record and its offset) and writes the snapshot through the same script (each record
+conditional on its key's position, so a snapshot read long ago cannot set a key back), then raises the watermark
+to ``E - 1``. Keys the topic no longer has at all (tombstones compacted away, keys of a crashed earlier layout) are
+deleted by a second script, each only while its key's position is at most ``E - 1``: a reader that wrote a record
+of that key past ``E - 1`` may have created it.
 
-Operational notes. Recreating a topic restarts its offsets at 0: delete its watermark keys (or use a new prefix),
-or every record at or below the old watermark is skipped. Redis must not evict keys (``maxmemory-policy
-noeviction``): an evicted view key would not come back, as its watermark says it is there. On a Redis Cluster
-(a later issue) a multi-key script must stay in one hash slot: the per-partition watermark then has to become a
-per-customer position, in a key sharing the customer's hash tag (``{customer}``).
+Acknowledgement (a Redis Cluster, or any Redis with replicas). Replication is asynchronous: a master that dies
+takes with it what its replica had not received. :meth:`ViewConsumer.acknowledged` waits (``WAIT``) on every master
+for its replicas before the view commits its consumer offsets, so a record the view has acknowledged survives a
+failover; what it wrote after is rewritten by the reconcile that the failover triggers (docs/contract.md, "What a
+check can miss").
+
+Operational notes. Recreating a topic restarts its offsets at 0: delete the positions and watermark keys (or use a
+new prefix), or every record at or below the old positions is skipped. Redis must not evict keys
+(``maxmemory-policy noeviction``): an evicted position would let a stale reader write an older record.
 """
 
 from __future__ import annotations
