@@ -22,13 +22,13 @@ HOW_TO_RUN = 'start it with `deploy/local/stack.sh up --cluster` and `eval "$(de
 # `env --cluster` exports the Redis Cluster's URL (cluster=1): the tests skip without it
 CLUSTER_IN_USE = is_cluster_url(os.environ.get("FATIGUE_REDIS_URL", ""))
 
-# The Redis the workers of these tests write their view to, and the parity checks read: the single-node stack's
-# (its own key prefix per deployment) until the worker reads Redis Cluster URLs, then the cluster's.
-SINGLE_NODE_REDIS_URL = "redis://127.0.0.1:16379/0"
-
 
 def worker_redis_url() -> str:
-    return SINGLE_NODE_REDIS_URL
+    """The Redis the workers of these tests write their view to, and the parity checks read: the Redis Cluster of
+    the profile (``env --cluster``), each deployment under its own key prefix."""
+    url = os.environ.get("FATIGUE_REDIS_URL", "")
+    assert is_cluster_url(url), f"FATIGUE_REDIS_URL={url!r} is not the Redis Cluster's; {HOW_TO_RUN}"
+    return url
 
 
 STACK = REPO / "deploy" / "local" / "stack.sh"
