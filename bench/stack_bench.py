@@ -77,6 +77,7 @@ from _stack import Broker, StackRun
 from fatigue.engine import Guard
 from fatigue.policy import load_policy
 from fatigue.replay import Replay, tune_gc
+from streams import redis_keys
 from streams.redis_view import watermark_key
 from streams.settings import Settings
 from streams.state_store import CLOCK_KEY
@@ -525,6 +526,37 @@ def check_outputs(run: StackRun, broker: Broker, total: int, expected: Expected,
         f"{len(ours.state_bytes):,} customers, core bytes (the 8-byte offset prefix left out) mean "
         f"{sum(ours.state_bytes) / max(len(ours.state_bytes), 1):,.0f} B; the replay's states "
         f"{expected.state_bytes:,.0f} B over {expected.customers:,} customers"
+    )
+    ours.checks.append(redis_bytes(run.redis_url, run.name))
+
+
+def redis_bytes(redis_url: str, prefix: str) -> str:
+    """What the view keeps in Redis per customer, by Redis's own count (MEMORY USAGE, key and overhead included):
+    the customers with a key of the hash-tagged layout, and the mean bytes per customer of their block keys,
+    preference views, position hashes and, if written, the legacy layout's keys."""
+    client = redis_keys.sync_client(redis_url)
+    try:
+        names = [key.decode() for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        sizes = pipe.execute() if names else []
+    finally:
+        client.close()
+    kinds: Counter[str] = Counter()
+    customers: set[str] = set()
+    for name, size in zip(names, sizes, strict=True):
+        parsed = redis_keys.parse_customer_key(prefix, name)
+        if parsed is not None:
+            customers.add(parsed[0])
+            kinds[parsed[1].split(":", 1)[0]] += size or 0
+        elif name.startswith((f"{prefix}:block:", f"{prefix}:prefs:")):
+            kinds["legacy"] += size or 0
+    count = max(len(customers), 1)
+    parts = ", ".join(f"{kind} {total / count:,.0f}" for kind, total in sorted(kinds.items()))
+    return (
+        f"Redis (MEMORY USAGE): {len(customers):,} customers with keys, {sum(kinds.values()) / count:,.0f} B per "
+        f"customer ({parts})"
     )
 
 
