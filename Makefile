@@ -98,15 +98,18 @@ lint: venv
 # The stack starts (fetching Kafka's jars on a fresh machine) while the venv is built (mypyc, cargo): both take
 # minutes on a fresh machine and need nothing of each other. The test tools come first: they and the stack may
 # both install Debian packages, which must not run at once.
-# The cluster profile (3 brokers, a Redis Cluster) starts at the same time; on a fresh machine it waits for the
-# single-node stack's jars (stack.sh's lock). Its tests (marker `cluster`: they kill and restart brokers) run after
+# The cluster profile (3 brokers, a Redis Cluster) starts once the stack is up (it shares its jars, and the two must
+# not install redis-server with apt-get at once), still while the venv is built. Its tests (marker `cluster`: they kill and restart brokers) run after
 # the single-node suite, in a second pytest run with the profile's environment, one test at a time. PYTEST_ARGS
 # narrows both runs (a run it leaves without tests is no failure as long as the other has some);
 # CLUSTER_TESTS=0 leaves the profile and its tests out.
 test: deps
 	@rc=0; lint_rc=0; cluster_up_rc=0; cluster_rc=5; mkdir -p .cache; \
 	$(STACK) up > .cache/stack-up.log 2>&1 & stack_pid=$$!; \
-	if [ "$(CLUSTER_TESTS)" = 1 ]; then $(STACK) up --cluster > .cache/cluster-up.log 2>&1 & cluster_pid=$$!; fi; \
+	if [ "$(CLUSTER_TESTS)" = 1 ]; then \
+	  { while kill -0 $$stack_pid 2>/dev/null; do sleep 0.5; done; $(STACK) up --cluster; } > .cache/cluster-up.log 2>&1 & \
+	  cluster_pid=$$!; \
+	fi; \
 	$(MAKE) --no-print-directory venv || rc=$$?; \
 	wait $$stack_pid || { stack_rc=$$?; [ "$$rc" -ne 0 ] || rc=$$stack_rc; }; \
 	cat .cache/stack-up.log; \
