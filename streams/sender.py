@@ -351,15 +351,51 @@ class PreSendCheck:
             return
         # one Redis: two MGETs in one round trip. Cheapest for the server (0.2 us an id; the lookup script costs
         # 4-6 us an id and would hold a Redis the view writes to for tens of ms per batch), and as fast here
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([block_key(self.prefix, channel, customer_id) for customer_id in chunk])
-        pipe.mget([prefs_key(self.prefix, customer_id) for customer_id in chunk])
-        blocks, prefs = pipe.execute()
+        # the keys as head + id + tail (from the redis_keys functions): as cheap as the old layout's prefix + id
+        block_head, block_tail = _around_id(lambda customer_id: block_key(self.prefix, channel, customer_id))
+        prefs_head, prefs_tail = _around_id(lambda customer_id: prefs_key(self.prefix, customer_id))
+        blocks, prefs = self._two_mgets(
+            [block_head + customer_id + block_tail for customer_id in chunk],
+            [prefs_head + customer_id + prefs_tail for customer_id in chunk],
+        )
         for customer_id, block, pref in zip(chunk, blocks, prefs, strict=True):
             if block is None and pref is None:
                 yield customer_id, empty  # the common case: nothing stored about this customer
             else:
                 yield customer_id, self._verdict(block, pref, channel, at)
+
+    def _two_mgets(self, first: list[str], second: list[str]) -> tuple[list[Any], list[Any]]:
+        """Two MGETs in one round trip on one Redis, packed here: redis-py's packing (an encode and isinstance
+        checks per argument) was three quarters of the client's time. Retried on a lost connection as redis-py
+        retries its own commands."""
+        assert isinstance(self.client, redis.Redis)
+        pool = self.client.connection_pool
+        encoder = pool.get_encoder()
+        encoding, errors = encoder.encoding, encoder.encoding_errors
+
+        def packed(keys: list[str]) -> bytes:
+            encoded = [key.encode(encoding, errors) for key in keys]
+            arguments = b"".join([b"$%d\r\n%b\r\n" % (len(key), key) for key in encoded])
+            return b"*%d\r\n$4\r\nMGET\r\n%b" % (len(keys) + 1, arguments)
+
+        request = [packed(first), packed(second)]
+        connection: Any = pool.get_connection()  # untyped in redis-py
+
+        def exchange() -> tuple[list[Any], list[Any]]:
+            connection.send_packed_command(request)
+            return connection.read_response(), connection.read_response()
+
+        try:
+            # a failed exchange leaves the connection closed: no reply of it is ever read as another command's
+            result: tuple[list[Any], list[Any]] = connection.retry.call_with_retry(
+                exchange, lambda _: connection.disconnect()
+            )
+            return result
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
 
     def _script_args(self, channel: str, ids: list[str]) -> tuple[str, ...]:
         return (
