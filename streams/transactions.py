@@ -84,6 +84,20 @@ class PartitionProducer:
         """Connect and take the transactional id (fencing any earlier holder, aborting its open transaction)."""
         await self._producer.start()
 
+    # The producer's id, epoch and sequences, which a partition's producer state shows (DescribeProducers): what
+    # streams.hanging compares to tell our committed records from anything else (aiokafka keeps them internally).
+    @property
+    def producer_id(self) -> int:
+        return int(self._producer._txn_manager.producer_id)
+
+    @property
+    def producer_epoch(self) -> int:
+        return int(self._producer._txn_manager.producer_epoch)
+
+    def last_sequence(self, topic: str, partition: int) -> int:
+        """The sequence of the last record this producer sent to the partition (-1: none)."""
+        return int(self._producer._txn_manager.sequence_number(TopicPartition(topic, partition))) - 1
+
     async def write(
         self,
         records: Mapping[tuple[str, int], list[Record]],
