@@ -577,3 +577,57 @@ def test_kafka_broker_restart_mid_stream_the_worker_recovers_by_itself(
         assert deployment.workers["w1"].poll() is None
     finally:
         deployment.cleanup()
+
+
+def test_a_commit_marker_the_coordinator_never_wrote_is_written_only_for_our_committed_records(
+    topic_factory: Callable[..., str], bootstrap_servers: str
+) -> None:
+    """The repair behind the broker-restart test (docs/adr/0004, 2026-12-07): a partition holding a transaction of
+    ours left open (here: a producer abandoned mid-transaction, as the broker's lost markers leave it) gets its
+    commit marker only when the open records match what we saw commit there, to the last sequence; anything else
+    is left alone."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as AioTopicPartition
+
+    from streams.hanging import OutputMark, commit_lost_markers, offsets_partition
+
+    topic = topic_factory("hanging", partitions=1)
+    tp = AioTopicPartition(topic, 0)
+
+    async def scenario() -> tuple[int, list[tuple[str, int]], int, list[tuple[str, int]], int, list[bytes]]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=f"{topic}-txn")
+        await producer.start()
+        await producer.begin_transaction()
+        sent = [await (await producer.send(topic, b"v%d" % index, partition=0)) for index in range(5)]
+        manager = producer._txn_manager
+        last_sequence = manager.sequence_number(tp) - 1
+        mark = OutputMark(manager.producer_id, manager.producer_epoch, sent[0].offset, sent[-1].offset, last_sequence)
+        producer._sender.sender_task.cancel()  # gone without ending its transaction
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level="read_committed")
+        await reader.start()
+        try:
+            before = (await reader.end_offsets([tp]))[tp]
+            # one record short of what is there: not known to be committed, left alone
+            short = OutputMark(mark.producer_id, mark.epoch, mark.first_offset, mark.last_offset, last_sequence - 1)
+            refused = await asyncio.to_thread(commit_lost_markers, bootstrap_servers, {(topic, 0): short}, None)
+            still = (await reader.end_offsets([tp]))[tp]
+            repaired = await asyncio.to_thread(commit_lost_markers, bootstrap_servers, {(topic, 0): mark}, None)
+            after = (await reader.end_offsets([tp]))[tp]
+            reader.assign([tp])
+            reader.seek(tp, 0)
+            records = await reader.getmany(tp, timeout_ms=5000)
+            values = [record.value for record in records.get(tp, [])]
+        finally:
+            await reader.stop()
+            await producer.stop()  # its sender is gone: only closes its connections
+        return before, refused, still, repaired, after, values
+
+    before, refused, still, repaired, after, values = asyncio.run(scenario())
+    assert (before, refused, still) == (0, [], 0)
+    assert repaired == [(topic, 0)]
+    assert after == 6  # five records and the commit marker
+    assert values == [b"v%d" % index for index in range(5)]
+    # Java's Utils.abs(groupId.hashCode()) % partitions: the group's offsets partition seen on the broker (#22)
+    assert offsets_partition("e2e-8b9bcd1648", 8) == 2
