@@ -63,7 +63,7 @@ def _write(client: redis.Redis | RedisCluster, prefix: str, ids: list[str], now:
         if index % 10 == 0:
             pipe.set(block_key(prefix, "email", customer), block, pxat=now + 86_400_000)
         if index % 20 == 1:
-            pipe.set(prefs_key(prefix, customer), prefs)
+            pipe.set(prefs_key(prefix, customer), prefs, px=86_400_000)  # expires even if the cleanup fails
         if index % 10_000 == 0:
             pipe.execute()
     pipe.execute()
@@ -75,12 +75,15 @@ def _clean(client: redis.Redis | RedisCluster, prefix: str) -> None:
         # per primary, one key per command: one node's keys span many slots
         nodes = [client.get_redis_connection(node) for node in client.get_primaries()]  # type: ignore[no-untyped-call]
     for node in nodes:
-        pipe = node.pipeline(transaction=False)
-        for count, key in enumerate(node.scan_iter(match=f"{prefix}:*", count=10_000), 1):
-            pipe.unlink(key)
-            if count % 10_000 == 0:
-                pipe.execute()
-        pipe.execute()
+        try:
+            pipe = node.pipeline(transaction=False)
+            for count, key in enumerate(node.scan_iter(match=f"{prefix}:*", count=10_000), 1):
+                pipe.unlink(key)
+                if count % 10_000 == 0:
+                    pipe.execute()
+            pipe.execute()
+        except redis.RedisError as error:  # a node down (a fault test next door): its keys expire within a day
+            print(f"  could not clean {prefix}:* on {node}: {error}")
 
 
 def _allowed(check: PreSendCheck, ids: list[str], now: int, batch: int) -> int:
