@@ -100,7 +100,9 @@ class RedisNodes:
             log.debug("refreshing the Redis Cluster slot map: %s", error)
 
     async def topology(self) -> Hashable:
-        """Changes whenever a node restarts or a master changes (a failover): masters with their run ids."""
+        """Changes whenever a node restarts or a master changes (a failover): masters with their run ids, from a
+        fresh slot map (a failover that caused no error yet still shows)."""
+        await self.refresh()
         masters = await self.masters()
         infos = await asyncio.gather(*(self.node_client(node).info("server") for node in masters))
         return tuple((node, str(info.get("run_id"))) for node, info in zip(masters, infos, strict=True))

@@ -618,6 +618,7 @@ class ViewConsumer:
             replicated = await self.nodes.replicated(self.wait_replicas, self.wait_timeout_ms)
         except (RedisError, OSError) as error:
             log.debug("redis replication barrier failed: %s", error)
+            await self.nodes.refresh_quietly()  # a master gone or demoted: the next barrier asks the new one
             replicated = False
         now = time.monotonic()
         if replicated:
@@ -709,8 +710,9 @@ class ViewConsumer:
                 owned = functools.partial(self.owned_partitions, tp.topic)
                 if self._through.get(tp, -1) >= position:
                     # written through by this worker's pipeline already (the watermark says so in Redis too); a
-                    # Redis that restarted since is still noticed here, and reconciled
-                    await view.maybe_reconcile(owned, tp.partition)
+                    # Redis that restarted or failed over since is still noticed here, and reconciled (an empty
+                    # batch: apply's retries and backoff, should Redis fail meanwhile)
+                    await view.apply(tp.partition, [], start=position, end=position, owned_partitions=owned)
                 else:
                     records = [(msg.offset, msg.key, msg.value) for msg in messages if msg.key is not None]
                     await view.apply(tp.partition, records, start=start, end=position, owned_partitions=owned)
