@@ -631,3 +631,52 @@ def test_a_commit_marker_the_coordinator_never_wrote_is_written_only_for_our_com
     assert values == [b"v%d" % index for index in range(5)]
     # Java's Utils.abs(groupId.hashCode()) % partitions: the group's offsets partition seen on the broker (#22)
     assert offsets_partition("e2e-8b9bcd1648", 8) == 2
+
+
+def test_input_offsets_left_pending_by_a_lost_commit_marker_are_committed_by_the_repair(
+    topic_factory: Callable[..., str], bootstrap_servers: str
+) -> None:
+    """The group's side of the same repair: a transaction's input offsets the group coordinator holds as pending
+    (no marker came) become the group's committed offset once the commit marker is written on the group's
+    partition of __consumer_offsets (found by the group id's Java hash)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as AioTopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from streams.hanging import OffsetsMark, commit_lost_markers
+
+    topic = topic_factory("hanging-offsets", partitions=1)
+    group = f"{topic}-group"
+    tp = AioTopicPartition(topic, 0)
+
+    async def scenario() -> tuple[int | None, list[tuple[str, int]], int | None]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=f"{topic}-txn")
+        await producer.start()
+        await producer.begin_transaction()
+        await producer.send_offsets_to_transaction({tp: OffsetAndMetadata(42, "")}, group)
+        manager = producer._txn_manager
+        producer_id, epoch = manager.producer_id, manager.producer_epoch
+        producer._sender.sender_task.cancel()  # gone before EndTxn: the offsets stay pending
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            before = await consumer.committed(tp)
+            mark = OffsetsMark(producer_id, epoch, 42)
+            repaired = await asyncio.to_thread(commit_lost_markers, bootstrap_servers, {}, (group, mark, epoch))
+            after = None
+            for _ in range(50):  # the group coordinator applies the marker asynchronously
+                after = await consumer.committed(tp)
+                if after is not None:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+        return before, repaired, after
+
+    before, repaired, after = asyncio.run(scenario())
+    assert before is None
+    assert [topic for topic, _ in repaired] == ["__consumer_offsets"]
+    assert after == 42
