@@ -17,7 +17,7 @@ A cluster URL is ours, not redis-py's: ``redis://HOST:PORT/0?cluster=1&addr=HOST
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -57,6 +57,14 @@ def legacy_block_key(prefix: str, channel: str, customer_id: str) -> str:
 
 def legacy_prefs_key(prefix: str, customer_id: str) -> str:
     return f"{prefix}:prefs:{customer_id}"
+
+
+def around_id(render: Callable[[str], str]) -> tuple[str, str]:
+    """The text before and after the id in a key of the layout (``render`` builds the key from an id): what a
+    script needs to build the keys of many customers itself from their ids, the format staying here."""
+    marker = "\x00id\x00"
+    head, _, tail = render(marker).partition(marker)
+    return head, tail
 
 
 def customer_keys(prefix: str, customer_id: str, channels: Sequence[str]) -> list[str]:

@@ -33,7 +33,7 @@ log = logging.getLogger("fatigue.redis")
 Item = TypeVar("Item")
 
 NodeId = tuple[str, int]  # (host, port); a single Redis is ("", 0)
-_SINGLE: NodeId = ("", 0)
+SINGLE: NodeId = ("", 0)
 
 
 class RedisNodes:
@@ -54,7 +54,7 @@ class RedisNodes:
             self._ready = True
 
     def node_client(self, node: NodeId) -> aioredis.Redis:
-        if node == _SINGLE:
+        if node == SINGLE:
             return self.client  # type: ignore[return-value]
         client = self._clients.get(node)
         if client is None:
@@ -64,7 +64,7 @@ class RedisNodes:
     async def group(self, items: Iterable[Item], key_of: Callable[[Item], str]) -> dict[NodeId, list[Item]]:
         """``items`` by the master serving ``key_of(item)`` (all in one group on a single Redis)."""
         if not self.cluster:
-            return {_SINGLE: list(items)}
+            return {SINGLE: list(items)}
         await self._ensure()
         manager = self.client.nodes_manager  # type: ignore[union-attr]
         groups: dict[NodeId, list[Item]] = {}
@@ -81,7 +81,7 @@ class RedisNodes:
 
     async def masters(self) -> list[NodeId]:
         if not self.cluster:
-            return [_SINGLE]
+            return [SINGLE]
         await self._ensure()
         return sorted((str(node.host), int(node.port)) for node in self.client.get_primaries())  # type: ignore[union-attr]
 

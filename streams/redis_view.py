@@ -74,11 +74,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from fatigue.clock import partition_for_key
 from streams import redis_keys
 from streams.metrics import Metrics
+from streams.redis_nodes import SINGLE as _SINGLE
 from streams.redis_nodes import NodeId, RedisNodes
 
 log = logging.getLogger("fatigue.redis")
@@ -86,28 +87,34 @@ log = logging.getLogger("fatigue.redis")
 # (offset, key, value) of one partition's record; value None is a tombstone
 Record = tuple[int, bytes, bytes | None]
 
-# Writes one master's share of a batch. ARGV[1]: per record one line "offset op pxat n field" (op 'd' DEL, 's' SET,
-# 'x' SET PXAT; n keys it writes; field: the record's field in its customer's position hash); then per record its
-# customer's position hash, its n keys and its value (empty for a DEL). A record is applied only when its offset is
-# above the position its field holds, which it then becomes. The keys are arguments, not declared keys: on a Redis
-# Cluster, Redis 7 refuses declared keys of several slots even with ``allow-cross-slot-keys``, which lets a script
-# use undeclared keys of any slot its node serves (the view sends each master the customers of its slots, see
-# streams.redis_nodes; a key of a slot the node does not serve fails the whole call, never a wrong write). Few
-# arguments per record, because packing each one costs the client more than the whole script costs Redis. Returns
-# {sets, deletes, skipped}.
+# Writes one master's share of a batch. ARGV[1]: per record one line "offset op pxat t" (op 'd' DEL, 's' SET, 'x'
+# SET PXAT; t the record's template, 1-based); ARGV[2]: K, the keys a record writes; ARGV[3]: T, the templates;
+# ARGV[4], ARGV[5]: the position hash's key around the customer id (head, tail); ARGV[6]: the common part of the
+# position fields; then per template its field suffix and K (head, tail) pairs around the id; then per record its
+# customer id and its value (empty for a DEL). So a record costs two arguments whatever its keys (packing each
+# argument costs the client more than the whole script costs Redis), and the key layout stays in
+# streams.redis_keys (the view passes the text around the id). A record is applied only when its offset is above
+# the position its key's field holds, which it then becomes. No key is declared: on a Redis Cluster, Redis 7 refuses
+# declared keys of several slots even with ``allow-cross-slot-keys``, which lets a script use undeclared keys of any
+# slot its node serves (the view sends each master the customers of its slots, see streams.redis_nodes; a key of a
+# slot the node does not serve fails the whole call, never a wrong write). Returns {sets, deletes, skipped}.
 _APPLY_LUA = """#!lua flags=allow-cross-slot-keys
-local a, sets, dels, skipped = 2, 0, 0, 0
-for offset, op, pxat, n, field in string.gmatch(ARGV[1], '(%d+) (%a) (%d+) (%d+) (%S+)') do
-  n = tonumber(n)
-  local position, value = ARGV[a], ARGV[a + n + 1]
+local K, T, pos_head, pos_tail, field_base = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local per_template = 1 + 2 * K
+local a, sets, dels, skipped = 7 + T * per_template, 0, 0, 0
+for offset, op, pxat, t in string.gmatch(ARGV[1], '(%d+) (%a) (%d+) (%d+)') do
+  local id, value = ARGV[a], ARGV[a + 1]
+  local base = 7 + (tonumber(t) - 1) * per_template
+  local position, field = pos_head .. id .. pos_tail, field_base .. ARGV[base]
   if tonumber(offset) > tonumber(redis.call('HGET', position, field) or '-1') then
-    for j = a + 1, a + n do
+    for k = 1, K do
+      local key = ARGV[base + 2 * k - 1] .. id .. ARGV[base + 2 * k]
       if op == 'd' then
-        redis.call('DEL', ARGV[j])
+        redis.call('DEL', key)
       elseif op == 'x' then
-        redis.call('SET', ARGV[j], value, 'PXAT', pxat)
+        redis.call('SET', key, value, 'PXAT', pxat)
       else
-        redis.call('SET', ARGV[j], value)
+        redis.call('SET', key, value)
       end
     end
     if op == 'd' then dels = dels + 1 else sets = sets + 1 end
@@ -115,7 +122,7 @@ for offset, op, pxat, n, field in string.gmatch(ARGV[1], '(%d+) (%a) (%d+) (%d+)
   else
     skipped = skipped + 1
   end
-  a = a + n + 2
+  a = a + 2
 end
 return {sets, dels, skipped}
 """
@@ -177,6 +184,36 @@ class ViewLayout:
 
     def position(self, customer: str) -> str:
         return redis_keys.position_key(self.prefix, customer)
+
+    def split(self, topic_key: bytes) -> tuple[str, str]:
+        """``(tag, customer)`` of a topic key: the tag names the record's template (its channel; "" for prefs)."""
+        text = topic_key.decode()
+        if self.kind == "blocks":
+            channel, customer = text.split(":", 1)
+            return channel, customer
+        return "", text
+
+    def templates(self, tags: Iterable[str]) -> list[str]:
+        """The apply script's template arguments (see _APPLY_LUA) for records of ``tags``, in that order: per tag
+        its position field suffix and the text around the id of each key it writes."""
+        args: list[str] = []
+        for tag in tags:
+            args.append(f":{tag}" if tag else "")
+            if self.kind == "blocks":
+                renders: list[Callable[[str], str]] = [functools.partial(redis_keys.block_key, self.prefix, tag)]
+                if self.legacy:
+                    renders.append(functools.partial(redis_keys.legacy_block_key, self.prefix, tag))
+            else:
+                renders = [functools.partial(redis_keys.prefs_key, self.prefix)]
+                if self.legacy:
+                    renders.append(functools.partial(redis_keys.legacy_prefs_key, self.prefix))
+            for render in renders:
+                args.extend(redis_keys.around_id(render))
+        return args
+
+    @property
+    def keys_per_record(self) -> int:
+        return 2 if self.legacy else 1
 
     def field(self, topic: str, partition: int, topic_key: str) -> str:
         """The field of a topic key in its customer's position hash: one per Redis key, so that each key's records
@@ -358,31 +395,44 @@ class RedisView:
     ) -> WriteResult:
         now_ms = int(time.time() * 1000)
         layout = self.layout
+        split, op_of = layout.split, self._op
+        records = [(offset, value, *split(key)) for key, (offset, value) in items]
+        pos_head, pos_tail = redis_keys.around_id(layout.position)
+        groups = await self.nodes.group(records, lambda record: pos_head + record[3] + pos_tail)
         calls: list[tuple[NodeId, list[bytes | str | int]]] = []
-        groups = await self.nodes.group(
-            ((key, record, layout.customer(key)) for key, record in items), lambda item: layout.position(item[2])
-        )
         for node, group in groups.items():
+            tags: dict[str, int] = {}
             lines: list[str] = []
-            args: list[bytes | str | int] = [""]
-            for key, (offset, value), customer in group:
-                targets = layout.keys(key)
-                op, payload, pxat = self._op(value, now_ms)
-                position_field = layout.field(self.topic, partition, key.decode())
-                lines.append(f"{offset} {op} {pxat} {len(targets)} {position_field}\n")
-                args.append(layout.position(customer))
-                args.extend(targets)
-                args.append(payload)
-            args[0] = "".join(lines)
-            calls.append((node, args))
+            values: list[bytes | str] = []
+            for offset, value, tag, customer in group:
+                number = tags.get(tag)
+                if number is None:
+                    number = tags[tag] = len(tags) + 1
+                op, payload, pxat = op_of(value, now_ms)
+                lines.append(f"{offset} {op} {pxat} {number}\n")
+                values.append(customer)
+                values.append(payload)
+            head: list[bytes | str | int] = ["".join(lines), layout.keys_per_record, len(tags), pos_head, pos_tail]
+            head.append(f"{self.topic}:{partition}")
+            calls.append((node, [*head, *layout.templates(tags), *values]))
         progress_keys, progress_args = [self.watermark_key(partition)], [start, last]
         if not self.nodes.cluster:
-            # one round trip: the records, then the watermark, in one pipeline
-            pipe = self.client.pipeline(transaction=False)
-            for node, args in calls:
-                await self._apply_script(node)(keys=[], args=args, client=pipe)  # type: ignore[arg-type]
-            await self._progress_script(keys=progress_keys, args=progress_args, client=pipe)  # type: ignore[arg-type]
-            *counts, status = await pipe.execute()
+            # one round trip: the records, then the watermark, in one pipeline (EVALSHA: a Script in a pipeline
+            # would cost a SCRIPT EXISTS round trip on every call)
+            apply = self._apply_script(_SINGLE)
+            for attempt in (1, 2):
+                pipe = self.client.pipeline(transaction=False)
+                for _, args in calls:
+                    pipe.evalsha(apply.sha, 0, *args)
+                pipe.evalsha(self._progress_script.sha, 1, *progress_keys, *progress_args)
+                try:
+                    *counts, status = await pipe.execute()
+                    break
+                except NoScriptError:  # a restarted Redis: load both, once
+                    if attempt == 2:
+                        raise
+                    await self.client.script_load(_APPLY_LUA)
+                    await self.client.script_load(_PROGRESS_LUA)
         else:
             node_calls = (self._apply_script(node)(keys=[], args=args) for node, args in calls)
             counts = list(await asyncio.gather(*node_calls))
