@@ -211,6 +211,15 @@ def test_verdicts_are_the_same_on_the_single_redis_and_the_cluster(
         assert on_cluster == _verdicts(single, channel, now)
         assert {customer: cluster.is_allowed(customer, channel, now) for customer in CUSTOMERS} == expected
     assert _verdicts(cluster, "email", now, batch=5000) == audience.expected("email")
+    # each way the script receives a batch's ids: joined by "\n", by "\x00", by "\x1f", or one per argument
+    email = audience.expected("email")
+    for group in (
+        ["cust-00000", "cust-00001", ""],
+        ["line\nbreak", "cust-00000", "cust-00003"],
+        ["line\nbreak", "nul\x00byte", "cust-00004"],
+        ["line\nbreak", "nul\x00byte", "tab\x1fsep", "cust-00003"],
+    ):
+        assert dict(cluster.filter(group, "email", now)) == {customer: email[customer] for customer in group}
     assert cluster.script_unusable is None
     # where the script cannot run, the cluster client's own per-slot MGETs give the same verdicts
     cluster.script_unusable = "test: the MGET path"
