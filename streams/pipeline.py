@@ -376,7 +376,12 @@ class Pipeline:
             "partition %d: committed records not readable for %.0fs on %s: looking for missing commit markers",
             partition,
             _MARKER_STUCK_S,
-            ", ".join(f"{topic}[{number}] (stable offset {behind[(topic, number)]})" for topic, number in due),
+            ", ".join(
+                f"the group's offsets (committed {behind[key]}, ours {offsets_mark.offset if offsets_mark else None})"
+                if key[0] == hanging.OFFSETS_TOPIC
+                else f"{key[0]}[{key[1]}] (stable offset {behind[key]})"
+                for key in due
+            ),
         )
         await asyncio.to_thread(
             hanging.commit_lost_markers,
