@@ -1,4 +1,5 @@
-"""The README's "For dialers" and "For email platforms" examples, run for real against a worker."""
+"""The README's "For dialers" and "For email platforms" examples, run for real against a worker (on the cluster
+profile too: tests/cluster/test_docs_examples_cluster.py runs the same against 3 brokers and a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,24 @@ from collections.abc import Callable
 
 import orjson
 
-from streams.redis_keys import block_key
+from streams.redis_keys import block_key, parse_redis_url
 from tests.e2e.harness import REPO, GuardDeployment
 
 
 def test_readme_sender_examples_work(deployment_factory: Callable[..., GuardDeployment]):
-    deployment = deployment_factory()
+    run_readme_sender_examples(deployment_factory())
+
+
+def redis_cli_target(url: str) -> list[str]:
+    """How redis-cli reaches ``url``: ``-u URL``, or on a Redis Cluster ``-c -h HOST -p PORT`` (follow redirects)."""
+    target = parse_redis_url(url)
+    if not target.cluster:
+        return ["-u", url]
+    host, port = target.startup_nodes[0]
+    return ["-c", "-h", host, "-p", str(port)]
+
+
+def run_readme_sender_examples(deployment: GuardDeployment) -> None:
     deployment.create_topics()
     deployment.start_worker("w1")
     now = int(time.time() * 1000)
@@ -76,7 +89,7 @@ def test_readme_sender_examples_work(deployment_factory: Callable[..., GuardDepl
         "send to: ['cust-44'] removed: {'unsubscribe': 1}",
     ], email.stdout + email.stderr
     redis_cli = subprocess.run(
-        ["redis-cli", "-u", deployment.redis_url, "GET", block_key(prefix, "email", "cust-43")],
+        ["redis-cli", *redis_cli_target(deployment.redis_url), "GET", block_key(prefix, "email", "cust-43")],
         capture_output=True,
         text=True,
         check=True,
