@@ -153,18 +153,22 @@ class KafkaCluster:
 
 class PacedProducer:
     """Produces a stream in chunks from a thread, pausing between chunks so that it runs while faults are
-    injected; :meth:`hurry` sends the rest without pauses. Each chunk is sent by the harness's producer
-    (idempotent, acks=all, one request in flight: the input topic holds each message once, in order, across
-    leader changes)."""
+    injected, and holding back what lies beyond ``limit`` (:meth:`release` moves it on; :meth:`hurry` sends the
+    rest without pauses). Each chunk is sent by the harness's producer (idempotent, acks=all, one request in
+    flight: the input topic holds each message once, in order, across leader changes)."""
 
-    def __init__(self, deployment: GuardDeployment, messages: Messages, chunk: int, pause_s: float) -> None:
+    def __init__(
+        self, deployment: GuardDeployment, messages: Messages, chunk: int, pause_s: float, limit: int | None = None
+    ) -> None:
         self.deployment = deployment
         self.messages = messages
         self.chunk = chunk
         self.pause_s = pause_s
+        self.limit = len(messages) if limit is None else limit
         self.sent = 0
         self.error: BaseException | None = None
         self._hurry = threading.Event()
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, daemon=True, name="paced-producer")
 
     def start(self) -> PacedProducer:
@@ -173,14 +177,25 @@ class PacedProducer:
 
     def _run(self) -> None:
         try:
-            for start in range(0, len(self.messages), self.chunk):
-                self.sent += self.deployment.produce(self.messages[start : start + self.chunk])
+            while self.sent < len(self.messages):
+                with self._changed:
+                    self._changed.wait_for(lambda: self.sent < self.limit)
+                end = min(self.sent + self.chunk, self.limit)
+                self.sent += self.deployment.produce(self.messages[self.sent : end])
                 self._hurry.wait(self.pause_s)
-        except BaseException as exc:
+        except BaseException as exc:  # re-raised by join()
             self.error = exc
 
+    def release(self, count: int) -> None:
+        """Let ``count`` more messages go (paced as before)."""
+        with self._changed:
+            self.limit = min(self.limit + count, len(self.messages))
+            self._changed.notify_all()
+
     def hurry(self) -> None:
+        """Send everything left, without pauses."""
         self._hurry.set()
+        self.release(len(self.messages))
 
     def join(self, timeout_s: float = 180.0) -> int:
         """Wait until everything was sent; the number of messages sent."""

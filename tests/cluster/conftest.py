@@ -9,10 +9,13 @@ does.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis.exceptions import ClusterError, RedisClusterException
 
 from tests.cluster.cluster_profile import HOW_TO_RUN, KafkaCluster, worker_redis_url
 from tests.e2e.harness import GuardDeployment
@@ -53,4 +56,17 @@ def cluster_deployment_factory(cluster_bootstrap: str, tmp_path: Path) -> Iterat
 
     yield make
     for deployment in made:
-        deployment.cleanup()
+        _cleanup(deployment)
+
+
+def _cleanup(deployment: GuardDeployment, attempts: int = 4) -> None:
+    """The deployment's workers, topics and Redis keys gone; a Redis Cluster in a failover (a master just lost, as
+    the Redis fault tests cause) is given a few seconds to promote its replica."""
+    for attempt in range(attempts):
+        try:
+            deployment.cleanup()
+            return
+        except (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)

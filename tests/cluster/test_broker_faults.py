@@ -138,16 +138,18 @@ def test_rolling_restart_of_all_three_brokers_mid_stream_exactly_once(
     _start_guard(deployment, kafka_cluster)
     topics = _guard_topics(deployment)
     messages = make_messages(12_000, 1_000, seed=67)
-    # paced to outlast the three restarts (~150 messages/s, each restart takes 15-30 s on a loaded 2-core machine);
-    # whatever is left is sent at once after the last one
-    producer = PacedProducer(deployment, messages, chunk=150, pause_s=0.7).start()
-    deployment.wait_until_committed(len(messages) // 10, timeout_s=90)
+    # A quarter before the first stop, then a quarter released at each stop, paced (~200 messages/s): input flows
+    # while each broker is down, however long its restart takes (15-45 s on a loaded 2-core machine).
+    quarter = len(messages) // 4
+    producer = PacedProducer(deployment, messages, chunk=150, pause_s=0.5, limit=quarter).start()
+    deployment.wait_until_committed(quarter // 2, timeout_s=90)
     print()
     committed_during: list[int] = []
     for node in (1, 2, 3):
         led = kafka_cluster.led_by(node, topics)
         committed_before = _committed(deployment)
         stop_at = time.monotonic()
+        producer.release(quarter if node < 3 else len(messages))
         kafka_cluster.stop(node)
         stopped_s = time.monotonic() - stop_at
         kafka_cluster.start(node)
