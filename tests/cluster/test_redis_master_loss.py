@@ -66,7 +66,8 @@ def _pairs(url: str) -> dict[int, int]:
 
 
 def _redis_pid(port: int) -> int:
-    return int((REPO / ".cache" / "cluster" / f"redis-{port}" / "redis.pid").read_text().split()[0])
+    cache = Path(os.environ.get("FATIGUE_CACHE_DIR") or REPO / ".cache")  # where stack.sh keeps its pid files
+    return int((cache / "cluster" / f"redis-{port}" / "redis.pid").read_text().split()[0])
 
 
 def _committed_records(bootstrap: str, topic: str, partitions: int) -> dict[int, list[tuple[int, bytes, bytes | None]]]:
