@@ -95,6 +95,14 @@ class KafkaCluster:
                 led.setdefault(topic, []).append(partition)
         return led
 
+    def existing(self, topics: Iterable[str]) -> list[str]:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+        try:
+            present = set(admin.list_topics())
+        finally:
+            admin.close()
+        return [topic for topic in topics if topic in present]
+
     def live_brokers(self) -> list[int]:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
         try:
@@ -120,12 +128,14 @@ class KafkaCluster:
     def wait_until_healthy(self, topics: Iterable[str] = (), timeout_s: float = 120.0) -> float:
         """Until all three brokers are live and every partition of ``topics`` and of Kafka's internal topics has its
         full replica set in sync (what a rolling restart waits for before the next broker); the seconds waited."""
-        wanted = [*INTERNAL_TOPICS, *topics]
+        topics = list(topics)
         started = time.monotonic()
         lagging: object = "?"
         while time.monotonic() - started < timeout_s:
             try:
                 if self.live_brokers() == list(NODES):
+                    # Kafka's internal topics exist only once used (a fresh cluster has neither): those that do
+                    wanted = [*self.existing(INTERNAL_TOPICS), *topics]
                     states = self.describe(wanted)
                     lagging = {
                         f"{topic}[{partition}]": state.isr
