@@ -65,7 +65,10 @@ def offsets_partition(group_id: str, partitions: int) -> int:
     data = group_id.encode("utf-16-be")  # Java hashes UTF-16 code units
     for index in range(0, len(data), 2):
         value = (31 * value + int.from_bytes(data[index : index + 2], "big")) & 0xFFFFFFFF
-    return (value & 0x7FFFFFFF) % partitions
+    signed = value - (1 << 32) if value >= 1 << 31 else value
+    # Utils.abs is Math.abs with MIN_VALUE mapped to 0, not a sign mask: masking moves every group whose hash is
+    # negative (half of them) to a partition the group coordinator does not use.
+    return (0 if signed == -(1 << 31) else abs(signed)) % partitions
 
 
 def commit_lost_markers(

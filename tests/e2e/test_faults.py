@@ -591,7 +591,7 @@ def test_a_commit_marker_the_coordinator_never_wrote_is_written_only_for_our_com
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka import TopicPartition as AioTopicPartition
 
-    from streams.hanging import OutputMark, commit_lost_markers, offsets_partition
+    from streams.hanging import OutputMark, commit_lost_markers
 
     topic = topic_factory("hanging", partitions=1)
     tp = AioTopicPartition(topic, 0)
@@ -629,8 +629,6 @@ def test_a_commit_marker_the_coordinator_never_wrote_is_written_only_for_our_com
     assert repaired == [(topic, 0)]
     assert after == 6  # five records and the commit marker
     assert values == [b"v%d" % index for index in range(5)]
-    # Java's Utils.abs(groupId.hashCode()) % partitions: the group's offsets partition seen on the broker (#22)
-    assert offsets_partition("e2e-8b9bcd1648", 8) == 2
 
 
 def test_input_offsets_left_pending_by_a_lost_commit_marker_are_committed_by_the_repair(
