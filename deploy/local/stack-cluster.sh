@@ -256,6 +256,7 @@ cl_start_kafka_node() {
         -cp "$LIBS/*" kafka.Kafka "$(cl_kconf "$n")" \
         </dev/null >>"$dir/logs/kafka.out" 2>&1 8>&- 9>&- &
     printf '%s\n' "$!" >"$dir/kafka.pid"
+    await_exec "$!" "kafka.Kafka $(cl_kconf "$n")"
 }
 
 # Node $1 answers a Metadata request on its own port listing itself (registered and unfenced) and at least

@@ -115,6 +115,17 @@ our_pid() {
     printf '%s' "$pid"
 }
 
+# A pid from `setsid CMD &` names the forked shell until it has exec'd CMD; until then our_pid would call the
+# process "not ours", and a caller would take a broker that is still starting for one that exited.
+await_exec() {
+    local pid=$1 needle=$2 waited=0
+    while kill -0 "$pid" 2>/dev/null && [[ $(cmdline_of "$pid") != *"$needle"* ]]; do
+        ((waited >= 100)) && return 0
+        sleep 0.05
+        waited=$((waited + 1))
+    done
+}
+
 kafka_pid() { our_pid "$KPID" "kafka.Kafka $KCONF"; }
 redis_pid() { our_pid "$RPID" "redis-server"; }
 
@@ -326,6 +337,7 @@ start_kafka() {
         </dev/null >"$KLOGS/kafka.out" 2>&1 9>&- &
     pid=$!
     printf '%s\n' "$pid" >"$KPID"
+    await_exec "$pid" "kafka.Kafka $KCONF"
 }
 
 kafka_version() {
