@@ -82,6 +82,12 @@ class Metrics:
         )
         for outcome in ("committed", "fenced", "failed"):
             self.transactions.labels(outcome=outcome)
+        self.commit_markers_written = Counter(
+            "fatigue_commit_markers_written_total",
+            "Commit markers the pipeline wrote itself: the broker completed one of our commits without writing them "
+            "(docs/adr/0004), which left committed output unreadable",
+            registry=r,
+        )
         self.transaction_seconds = Histogram(
             "fatigue_transaction_seconds",
             "Time to write and commit one partition's transaction",

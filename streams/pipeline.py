@@ -23,6 +23,9 @@ The batch loop (:meth:`Pipeline.run_once`), in order:
    ahead of what was committed) and set up again from step 1: after a fencing error only once a rebalance gives
    it back (another worker owns it now), after any other error after a pause.
 
+Beside the chains, each partition checks every 10 s that what it committed has become readable; a commit marker
+the broker decided and never wrote is written in the partition's chain (:mod:`streams.marker_watch`).
+
 A revocation waits for the batch in hand and the transactions in flight to finish, so a partition leaves with
 everything it handled committed. Exactly-once follows from the transaction: outputs, state and input position
 become visible together or not at all, and a fenced zombie's transaction can never commit.
@@ -43,9 +46,8 @@ from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, Off
 from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
-from streams import hanging
 from streams.collector import Partitioner, Record, RecordCollector, Topics
-from streams.hanging import OffsetsMark, OutputMark
+from streams.marker_watch import MarkerWatch
 from streams.metrics import ActiveBlocks, Metrics
 from streams.restore import restore
 from streams.settings import Settings
@@ -64,13 +66,6 @@ _SETUP_RETRY_S: Final = 2.0
 _CHAIN_POLL_MS: Final = 2
 # a partition with input to read whose position has not moved for this long is reported (warn_stalled)
 _STALL_S: Final = 30.0
-# How often an idle partition checks that its committed transactions are readable (one ListOffsets request and one
-# OffsetFetch; streams.hanging), and how long its last stable offset (or the group's committed offset) must stay
-# behind what it committed before the missing commit marker is written: far longer than the coordinator takes to
-# write a marker after the commit returns (milliseconds), shorter than the transaction timeout.
-_MARKER_CHECK_S: Final = 10.0
-_MARKER_STUCK_S: Final = 20.0
-_MARKER_REPAIR_TIMEOUT_S: Final = 15.0
 # a local store older than this is rebuilt from the whole changelog: half the changelog's delete.retention.ms, so a
 # tombstone (an erasure) it lacks is still there to read
 _STORE_MAX_AGE_MS: Final = 43_200_000
@@ -114,12 +109,8 @@ class Pipeline:
         self.on_committed: Callable[[list[CommittedRecords]], Awaitable[None]] | None = None
         # per partition: (next input offset, since when, last warned) for warn_stalled
         self._progress: dict[int, tuple[int | None, float, float]] = {}
-        # per partition, what its latest committed transactions left on each output partition and the input offset
-        # they committed, what behind each has stayed at since when, and when it is next checked (streams.hanging)
-        self._output_marks: dict[int, dict[tuple[str, int], OutputMark]] = {}
-        self._offsets_marks: dict[int, OffsetsMark] = {}
-        self._behind_since: dict[int, dict[tuple[str, int], tuple[int, float]]] = {}
-        self._next_marker_check: dict[int, float] = {}
+        # watches that what each partition committed becomes readable; writes a commit marker the broker lost
+        self.markers = MarkerWatch(settings.bootstrap, settings.app_id, settings.events_topic, metrics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,6 +152,7 @@ class Pipeline:
     async def stop(self) -> None:
         """Finish the batch in hand, then leave the group (its partitions move at once) and close everything."""
         self._stopping = True
+        await self.markers.stop()  # read-only checks: nothing to finish
         async with self.lock:
             await self._await_in_flight()  # the batch in hand is committed
         consumer, self.consumer = self.consumer, None
@@ -229,13 +221,15 @@ class Pipeline:
         its share of a batch while the previous one is still being written waits for that one first: under load
         the commits then get the loop's time, and a transaction, and what is held in memory, stay bounded."""
         cap = 2 * max(self.settings.input_batch // max(len(self.tasks), 1), 1)
-        now = time.monotonic()
+        consumer, reader = self.consumer, self._restorer
         for partition, task in list(self.tasks.items()):
+            if consumer is not None and reader is not None:
+                self.markers.schedule(partition, consumer, reader)  # read-only, beside the chain
             running = self._in_flight.get(partition)
-            if (running is None or running.done()) and now >= self._next_marker_check.get(partition, 0.0):
-                # in the partition's chain: no transaction of it is in flight while the check runs (see hanging)
-                self._next_marker_check[partition] = now + _MARKER_CHECK_S
-                running = self._in_flight[partition] = asyncio.ensure_future(self._check_markers(partition))
+            producer = self.producers.get(partition)
+            if (running is None or running.done()) and producer is not None and self.markers.repair_due(partition):
+                # in the partition's chain: no transaction of it is in flight while the repair runs (see hanging)
+                running = self._in_flight[partition] = asyncio.ensure_future(self.markers.repair(partition, producer))
             if not task.pending():
                 continue
             if running is not None and not running.done():
@@ -298,97 +292,11 @@ class Pipeline:
             return
         self.metrics.transactions.labels(outcome="committed").inc()
         self.metrics.transaction_seconds.observe(time.monotonic() - started)
-        self._note_committed(partition, producer, txn.offset, written)
+        self.markers.committed(partition, producer, txn.offset, written)
         changelog = written.get((self.topics.changelog, partition))
         task.committed(txn, None if changelog is None else changelog.end)
         if self.on_committed is not None:
             await self.on_committed(self._view_records(txn, written))
-
-    def _note_committed(
-        self, partition: int, producer: PartitionProducer, offset: int | None, written: dict[tuple[str, int], Written]
-    ) -> None:
-        """Remember what a committed transaction left where, to tell its records apart should their commit marker
-        be missing (streams.hanging)."""
-        producer_id, epoch = producer.producer_id, producer.producer_epoch
-        marks = self._output_marks.setdefault(partition, {})
-        for (topic, output_partition), landed in written.items():
-            if not landed.batches or landed.batches[0][0] < 0:
-                continue  # no offset reported (a duplicate a retry resolved): nothing to compare with
-            first = landed.batches[0][0]
-            last = max(base + count - 1 for base, count in landed.batches)
-            known = marks.get((topic, output_partition))
-            if known is not None and known.producer_id == producer_id and known.epoch == epoch:
-                first = known.first_offset
-            marks[(topic, output_partition)] = OutputMark(
-                producer_id, epoch, first, last, producer.last_sequence(topic, output_partition)
-            )
-        if offset is not None:
-            self._offsets_marks[partition] = OffsetsMark(producer_id, epoch, offset)
-
-    async def _check_markers(self, partition: int) -> None:
-        """Whether the partition's committed transactions are readable; never fails the partition's chain."""
-        try:
-            await asyncio.wait_for(self._repair_markers(partition), timeout=_MARKER_REPAIR_TIMEOUT_S)
-        except Exception as error:  # the broker away, say: the next check tries again
-            log.info(
-                "partition %d: checking its commit markers failed (%s: %s)", partition, type(error).__name__, error
-            )
-
-    async def _repair_markers(self, partition: int) -> None:
-        """An output partition whose last stable offset stays at or below the last record we committed there (or a
-        group whose committed offset stays behind ours) for _MARKER_STUCK_S misses a commit marker the coordinator
-        decided and never wrote (docs/adr/0004, 2026-12-07): :func:`streams.hanging.commit_lost_markers` writes it
-        where the open records are known to be ours and committed."""
-        consumer, reader, producer = self.consumer, self._restorer, self.producers.get(partition)
-        outputs = self._output_marks.get(partition, {})
-        offsets_mark = self._offsets_marks.get(partition)
-        if consumer is None or reader is None or producer is None or (not outputs and offsets_mark is None):
-            return
-        behind: dict[tuple[str, int], int] = {}
-        if outputs:
-            tps = [TopicPartition(topic, output_partition) for topic, output_partition in outputs]
-            stable = await reader.end_offsets(tps)  # read committed: the last stable offsets
-            for tp in tps:
-                if stable[tp] <= outputs[(tp.topic, tp.partition)].last_offset:
-                    behind[(tp.topic, tp.partition)] = stable[tp]
-        if offsets_mark is not None:
-            committed = await consumer.committed(TopicPartition(self.topics.events, partition))
-            # None: the group has no offset at all (the first offsets we committed are the ones left pending)
-            committed = -1 if committed is None else committed
-            if committed < offsets_mark.offset:
-                behind[(hanging.OFFSETS_TOPIC, -1)] = committed
-        now = time.monotonic()
-        since = self._behind_since.setdefault(partition, {})
-        for key in [key for key in since if key not in behind]:
-            del since[key]
-        for key, value in behind.items():
-            if since.get(key, (None, 0.0))[0] != value:
-                since[key] = (value, now)
-        due = [key for key, (_, first_seen) in since.items() if now - first_seen >= _MARKER_STUCK_S]
-        if not due:
-            return
-        for key in due:
-            del since[key]  # looked at again once it has stayed behind that long again
-        offsets = None
-        if (hanging.OFFSETS_TOPIC, -1) in due and offsets_mark is not None:
-            offsets = (self.settings.app_id, offsets_mark, producer.producer_epoch)
-        log.warning(
-            "partition %d: committed records not readable for %.0fs on %s: looking for missing commit markers",
-            partition,
-            _MARKER_STUCK_S,
-            ", ".join(
-                f"the group's offsets (committed {behind[key]}, ours {offsets_mark.offset if offsets_mark else None})"
-                if key[0] == hanging.OFFSETS_TOPIC
-                else f"{key[0]}[{key[1]}] (stable offset {behind[key]})"
-                for key in due
-            ),
-        )
-        await asyncio.to_thread(
-            hanging.commit_lost_markers,
-            self.settings.bootstrap,
-            {key: outputs[key] for key in due if key in outputs},
-            offsets,
-        )
 
     def _view_records(self, txn: Transaction, written: dict[tuple[str, int], Written]) -> list[CommittedRecords]:
         """What a committed transaction wrote to the topics Redis follows, each record with its offset."""
@@ -421,6 +329,7 @@ class Pipeline:
             )
         self.tasks.pop(partition, None)
         self.active_blocks.drop(partition)
+        self.markers.drop(partition)
         await self._stop_producers([partition])
         consumer = self.consumer
         if consumer is not None:
@@ -459,6 +368,7 @@ class Pipeline:
                 if task is not None and not task.pending():
                     self.suspended[partition] = task
                 self.active_blocks.drop(partition)
+                self.markers.drop(partition)
             await self._stop_producers(partitions)
         if partitions:
             log.info("revoked input partitions %s", sorted(partitions))

@@ -395,7 +395,11 @@ class GuardDeployment:
         fenced = logs.count(": fenced (")
         failed = logs.count(": transaction failed (")
         skipped = logs.count("no longer exist (deleted by retention")
-        print(f"  pipeline: {fenced} transactions fenced, {failed} failed, {skipped} input holes reported")
+        repaired = logs.count("its commit marker was never written")
+        print(
+            f"  pipeline: {fenced} transactions fenced, {failed} failed, {skipped} input holes reported, "
+            f"{repaired} lost commit markers written"
+        )
         assert skipped == 0 or self.input_deleted, "the pipeline took input as deleted in a topic that has it all"
 
     def read_topic(self, topic_key: str) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
