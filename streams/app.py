@@ -11,6 +11,7 @@ Composition root: :func:`create_app` builds everything from :class:`Settings` (n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Literal
@@ -33,8 +34,11 @@ from streams.redis_keys import async_client
 from streams.redis_nodes import RedisNodes
 from streams.redis_view import RedisView, ViewConsumer, ViewLayout
 from streams.settings import Settings
+from streams.shutdown_watch import watch_shutdown
 
 log = logging.getLogger("fatigue.worker")
+# a graceful stop takes a few seconds (the batch in hand commits); past this its tasks' stacks are logged
+_SHUTDOWN_WATCH_S = 20.0
 
 
 class _HostOnly(BootStrategy):
@@ -45,6 +49,10 @@ class _HostOnly(BootStrategy):
 
 class GuardApp(faust.App):
     BootStrategy = _HostOnly
+
+    async def on_stop(self) -> None:
+        watch_shutdown(asyncio.get_running_loop(), _SHUTDOWN_WATCH_S)
+        await super().on_stop()
 
 
 class PipelineService(Service):

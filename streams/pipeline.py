@@ -46,6 +46,7 @@ from aiokafka.errors import ConsumerStoppedError, NoOffsetForPartitionError, Off
 from fatigue.clock import partition_for_key
 from fatigue.partition import CustomerEngine, Loader, PartitionDriver
 from fatigue.policy import Policy
+from streams.bounded import within
 from streams.collector import Partitioner, Record, RecordCollector, Topics
 from streams.marker_watch import MarkerWatch
 from streams.metrics import ActiveBlocks, Metrics
@@ -158,7 +159,8 @@ class Pipeline:
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
             try:  # revokes (see on_revoked) and leaves the group, so the partitions move at once
-                await asyncio.wait_for(consumer.stop(), timeout=30)
+                if not await within(consumer.stop(), 30):
+                    log.warning("the pipeline's consumer did not stop within 30s: the group drops it later")
             except Exception as error:  # the group then drops us after the session timeout
                 log.warning("the pipeline's consumer did not stop cleanly: %s", error)
         async with self.lock:

@@ -78,6 +78,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from fatigue.clock import partition_for_key
 from streams import redis_keys
+from streams.bounded import within
 from streams.metrics import Metrics
 from streams.redis_nodes import SINGLE as _SINGLE
 from streams.redis_nodes import NodeId, RedisNodes
@@ -578,7 +579,7 @@ async def read_partitions(bootstrap: str, topic: str, partitions: list[int]) -> 
     finally:
         # bounded: a stop during a worker's shutdown must not hold the shutdown up
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), timeout=10)
+            await within(consumer.stop(), 10)
 
 
 async def read_latest(bootstrap: str, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
@@ -732,12 +733,13 @@ class ViewConsumer:
                 offsets, self._uncommitted = self._uncommitted, {}
                 try:
                     if offsets and await self.acknowledged():  # what is in Redis: the next run starts there
-                        await asyncio.wait_for(consumer.commit(offsets), timeout=5)
+                        await within(consumer.commit(offsets), 5)
                 except Exception as error:  # read again next time; the watermark skips it in Redis
                     log.debug("committing the redis view's last offsets: %s", error)
                 try:
                     # bounded: a stop during a worker's shutdown must not hold the shutdown up
-                    await asyncio.wait_for(consumer.stop(), timeout=10)
+                    if not await within(consumer.stop(), 10):
+                        log.warning("the redis view's consumer did not stop within 10s: left behind")
                 except Exception as error:  # already broken: nothing more to release
                     log.debug("stopping the redis view consumer: %s", error)
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 import aiokafka.producer.sender
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from streams.bounded import within
 from streams.collector import Record
 
 # Right after a commit the coordinator still writes the transaction's markers, and the next transaction's first
@@ -148,4 +149,4 @@ class PartitionProducer:
     async def stop(self) -> None:
         # a fenced or broken producer may fail to stop cleanly: nothing of it can become visible anyway
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._producer.stop(), timeout=10)
+            await within(self._producer.stop(), 10)

@@ -165,7 +165,15 @@ class GuardDeployment:
         """Graceful stop (SIGTERM, as an orchestrator does); the exit code."""
         process = self.workers.pop(worker)
         process.send_signal(signal.SIGTERM)
-        return process.wait(timeout=timeout_s)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            # the worker logs its tasks' stacks when a stop runs long (streams.shutdown_watch): into the report
+            tail = self.log_tail(worker, 200)
+            print(f"{worker} did not stop within {timeout_s:.0f}s after SIGTERM; its log ends:\n{tail}")
+            process.kill()
+            process.wait(timeout=10)
+            raise
 
     def log_size(self, worker: str) -> int:
         """Where the next run of ``worker`` will start writing in its log (see :meth:`log_since`)."""
