@@ -84,6 +84,9 @@ class ViewService(Service):
     async def _run(self) -> None:
         await self.views.run()
 
+    async def on_stop(self) -> None:
+        self.views.stop()  # before mode cancels _run: the run ends even if a client swallows that cancellation
+
 
 def engine_factory(settings: Settings, guard: Guard) -> tuple[EngineFactory, str]:
     """The core the pipeline drives (see ``--engine``), and its name for the logs and ``fatigue_core_info``."""

@@ -635,6 +635,7 @@ class ViewConsumer:
         # per partition, the offset up to which the pipeline's transactions were written through (write_through)
         self._through: dict[TopicPartition, int] = {}
         self._through_paused_until = 0.0
+        self._stopping = False
 
     async def write_through(self, committed: Sequence[CommittedRecords]) -> None:
         """Write what a transaction of this worker's pipeline has just committed, without waiting to read it back
@@ -694,10 +695,17 @@ class ViewConsumer:
             return []
         return sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
 
+    def stop(self) -> None:
+        """Let :meth:`run` end at its next step (the worker's stop; a cancellation alone is not enough: aiokafka
+        turned one into ``AssertionError: Partition is not assigned`` during a rebalance, and the loop took that for
+        a failure to restart from, with a new consumer, for good)."""
+        self._stopping = True
+
     async def run(self) -> None:
-        """Consume until cancelled. A Kafka failure restarts the consumer after a pause; it never ends the worker."""
+        """Consume until stopped or cancelled. A Kafka failure restarts the consumer after a pause; it never ends
+        the worker."""
         delay = 1.0
-        while True:
+        while not self._stopping:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 group_id=self.group_id,
@@ -714,7 +722,7 @@ class ViewConsumer:
                 await consumer.start()
                 self._consumer = consumer
                 log.info("redis view consuming %s as group %s", sorted(self.views), self.group_id)
-                while True:
+                while not self._stopping:
                     batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
                     # also without records: the position may have passed a transaction marker
                     await self._write_and_commit(consumer, batches)
@@ -722,6 +730,9 @@ class ViewConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a broker outage, a fenced member: start over from the committed offsets
+                task = asyncio.current_task()
+                if self._stopping or (task is not None and task.cancelling()):
+                    return  # what failed was the stop (the finally below still releases the consumer)
                 log.warning(
                     "redis view consumer failed (%s: %s); restarting in %.0fs", type(error).__name__, error, delay
                 )

@@ -699,3 +699,55 @@ def test_a_committed_transaction_is_written_through_and_a_gap_is_left_to_the_con
     # every record was written once, by write-through
     # (a first consumer run reconciles from the topic, which writes nothing Redis already holds at its offset)
     assert _writes(metrics) == {"set": 2, "del": 1}
+
+
+def test_a_stopped_view_ends_its_run_and_does_not_restart_on_an_error_of_its_stop(
+    bootstrap_servers: str,
+    redis_url: str,
+    redis_key_prefix: str,
+    topic_factory: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The worker's stop tells the view to stop before cancelling it: seen in a rebalance during a stop, aiokafka
+    raised ``AssertionError: Partition is not assigned`` instead of the cancellation, the loop restarted with a new
+    consumer, and the worker never exited. An error while stopping ends the run; the consumer leaves the group."""
+    prefix = redis_key_prefix.rstrip(":")
+    topic = topic_factory("blocks", partitions=1, config={"cleanup.policy": "compact"})
+    group = f"{prefix}.redis-view"
+    original = ViewConsumer._write_and_commit
+
+    async def failing_once_stopped(self: ViewConsumer, consumer: object, batches: object) -> None:
+        if self._stopping:
+            raise AssertionError("Partition is not assigned")  # what aiokafka raised during the stop
+        await original(self, consumer, batches)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ViewConsumer, "_write_and_commit", failing_once_stopped)
+
+    async def scenario() -> tuple[bool, float]:
+        client = aioredis.Redis.from_url(redis_url)
+        views = ViewConsumer(
+            [_view(client, topic, bootstrap_servers, prefix, Metrics(), partitions=1)],
+            bootstrap=bootstrap_servers,
+            group_id=group,
+            batch=50,
+        )
+        task = asyncio.create_task(views.run())
+        deadline = time.monotonic() + 30
+        while not views.owned_partitions(topic):
+            assert time.monotonic() < deadline, "the view never got its partition"
+            await asyncio.sleep(0.1)
+        views.stop()
+        started = time.monotonic()
+        done, _ = await asyncio.wait({task}, timeout=20)  # no cancellation: the stop alone must end it
+        await client.aclose()
+        return task in done, time.monotonic() - started
+
+    ended, took = asyncio.run(scenario())
+    assert ended, "the view's run did not end after stop()"
+    assert took < 15
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        members = admin.describe_groups([group])[group]["members"]
+    finally:
+        admin.close()
+    assert members == [], f"the stopped view is still a member of {group}: {members}"
