@@ -15,7 +15,8 @@ from typing import Any
 
 async def within(awaitable: Awaitable[Any], timeout_s: float) -> bool:
     """Await ``awaitable`` for at most ``timeout_s``: True when it finished (its exception re-raised); False when it
-    did not, after asking it to cancel without waiting for that."""
+    did not, after asking it to cancel without waiting for that, or when it ended cancelled by itself. Only the
+    caller's own cancellation raises ``CancelledError``."""
     task = asyncio.ensure_future(awaitable)
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
@@ -23,6 +24,8 @@ async def within(awaitable: Awaitable[Any], timeout_s: float) -> bool:
         task.cancel()
         raise
     if task in done:
+        if task.cancelled():
+            return False  # it cancelled itself (a client's internal task): not ours to propagate as a cancellation
         task.result()
         return True
     task.cancel()

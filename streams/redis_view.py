@@ -728,7 +728,16 @@ class ViewConsumer:
                     await self._write_and_commit(consumer, batches)
                     delay = 1.0
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if self._stopping or task is None or task.cancelling():
+                    raise
+                # nobody cancelled this task: a client cancelled its own work and let it out (seen during a broker
+                # outage); ending here would leave the worker running without its Redis view
+                log.warning(
+                    "redis view consumer: a client's work was cancelled (broker away?); restarting in %.0fs", delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
             except Exception as error:  # a broker outage, a fenced member: start over from the committed offsets
                 task = asyncio.current_task()
                 if self._stopping or (task is not None and task.cancelling()):

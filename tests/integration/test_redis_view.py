@@ -751,3 +751,49 @@ def test_a_stopped_view_ends_its_run_and_does_not_restart_on_an_error_of_its_sto
     finally:
         admin.close()
     assert members == [], f"the stopped view is still a member of {group}: {members}"
+
+
+def test_a_cancellation_no_one_asked_for_restarts_the_view_instead_of_ending_it(
+    bootstrap_servers: str,
+    redis_url: str,
+    redis_key_prefix: str,
+    topic_factory: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """During a broker outage the view's task ended on a CancelledError that came out of a client (nobody had
+    cancelled the task), and the worker ran on without its Redis view. Such a cancellation now restarts the
+    consumer; only the stop (or a real cancellation of the task) ends the run."""
+    prefix = redis_key_prefix.rstrip(":")
+    topic = topic_factory("blocks", partitions=1, config={"cleanup.policy": "compact"})
+    original = ViewConsumer._write_and_commit
+    raised: list[float] = []
+
+    async def cancelled_once(self: ViewConsumer, consumer: object, batches: object) -> None:
+        if not raised:
+            raised.append(time.monotonic())
+            raise asyncio.CancelledError()  # what aiokafka let out during the outage
+        await original(self, consumer, batches)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ViewConsumer, "_write_and_commit", cancelled_once)
+
+    async def scenario() -> tuple[bool, bool]:
+        client = aioredis.Redis.from_url(redis_url)
+        views = ViewConsumer(
+            [_view(client, topic, bootstrap_servers, prefix, Metrics(), partitions=1)],
+            bootstrap=bootstrap_servers,
+            group_id=f"{prefix}.redis-view",
+            batch=50,
+        )
+        task = asyncio.create_task(views.run())
+        deadline = time.monotonic() + 30
+        while not (raised and views.owned_partitions(topic) and time.monotonic() - raised[0] > 1.5):
+            assert time.monotonic() < deadline, "the view did not come back after the stray cancellation"
+            assert not task.done(), "the view's run ended on a cancellation nobody asked for"
+            await asyncio.sleep(0.1)
+        alive = not task.done()
+        views.stop()
+        done, _ = await asyncio.wait({task}, timeout=20)
+        await client.aclose()
+        return alive, task in done
+
+    assert asyncio.run(scenario()) == (True, True)

@@ -55,3 +55,18 @@ def test_cancelling_the_caller_cancels_the_awaitable() -> None:
         return inner.cancelled()
 
     assert asyncio.run(scenario()) is True
+
+
+def test_an_awaitable_that_cancels_itself_is_not_the_callers_cancellation() -> None:
+    """A client whose internal task was cancelled lets CancelledError out of its stop(); the caller was not
+    cancelled, so within() says "did not finish" instead of ending the caller as if it had been."""
+
+    async def cancels_itself() -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(3600))
+        inner.cancel()
+        await inner  # raises CancelledError out of this coroutine
+
+    async def scenario() -> bool:
+        return await within(cancels_itself(), 5)
+
+    assert asyncio.run(scenario()) is False
