@@ -65,11 +65,12 @@ class Settings:
     sender_label_limit: int = 50
     # how often lag, state size and active blocks are refreshed for /metrics (a scrape every 15 s sees fresh values)
     gauge_interval_s: float = 5.0
-    # Replicas of each topic the worker creates; 0: the broker's default.replication.factor (1 on the single-node
-    # stack, 3 on the cluster profile), so one default fits both. Existing topics are not altered.
+    # Replicas of each topic the worker creates; 0: 3, one per live broker when fewer, or the brokers'
+    # default.replication.factor if larger (streams.topic_config.replication), so one default fits a single node
+    # and a cluster. Existing topics are not altered.
     replication_factor: int = 0
-    # min.insync.replicas set on the topics the worker creates; 0: the broker's default (1 / 2). Writes are acks=all:
-    # a partition with fewer in-sync replicas than this refuses them.
+    # min.insync.replicas set on the topics the worker creates; 0: 2 with 3 or more replicas, else 1, or the brokers'
+    # default if larger. Writes are acks=all: a partition with fewer in-sync replicas than this refuses them.
     min_insync_replicas: int = 0
     # Replicas of each Redis master that must hold the view's writes before it acknowledges them (commits its
     # offsets): -1 is 1 on a Redis Cluster URL, 0 on a single Redis. The bound this gives senders after a failover
@@ -201,7 +202,8 @@ def settings_from(argv: list[str] | None = None, environ: dict[str, str] | None 
         raise SystemExit("fatigue worker: --session-timeout must be 6 to 1800 seconds (the broker's bounds)")
     if settings.replication_factor < 0 or settings.min_insync_replicas < 0:
         raise SystemExit(
-            "fatigue worker: --replication-factor and --min-insync-replicas must be >= 0 (0: the broker's default)"
+            "fatigue worker: --replication-factor and --min-insync-replicas must be >= 0 "
+            "(0: the default for the cluster)"
         )
     if 0 < settings.replication_factor < settings.min_insync_replicas:
         # checked again against the broker's defaults when a topic is created (streams.topic_config)

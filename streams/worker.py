@@ -17,7 +17,14 @@ from fatigue.clock import partition_for_key
 from fatigue.policy import PolicyError, load_policy
 from fatigue.replay import tune_gc
 from streams.settings import Settings, settings_from
-from streams.topic_config import Cluster, creation_refusal, new_topic_spec, replication, topic_warnings
+from streams.topic_config import (
+    Cluster,
+    creation_refusal,
+    existing_topic_refusal,
+    new_topic_spec,
+    replication,
+    topic_warnings,
+)
 
 log = logging.getLogger("fatigue.worker")
 
@@ -30,7 +37,8 @@ def ensure_topics(settings: Settings) -> None:
     compacted topic (decisions, preferences, the state changelog) whose partition count differs from ours (states
     and the Redis view's ownership of keys are co-partitioned with them), or a compacted topic that is not compacted
     (retention would delete indefinite opt-outs and customers' states). Refuse to create topics with a replication
-    the cluster cannot give (see streams.topic_config); warn about existing topics that are fragile."""
+    the cluster cannot give, and existing topics no write can reach or weaker than an explicit
+    --replication-factor the live brokers cannot give (see streams.topic_config); warn about fragile ones."""
     wanted = {
         settings.events_topic: {},
         settings.decisions_topic: _COMPACTED,
@@ -64,6 +72,10 @@ def ensure_topics(settings: Settings) -> None:
                 _refuse_decisions_partitioned_by_key(settings)
             topic_factor = min((len(p["replica_nodes"]) for p in meta["partitions"]), default=0)
             topic_min_isr = int(configs[name].get("min.insync.replicas", cluster.default_min_insync_replicas))
+            written = name != settings.events_topic
+            refusal = existing_topic_refusal(settings, cluster, name, topic_factor, topic_min_isr, written=written)
+            if refusal is not None:
+                raise SystemExit(refusal)
             for warning in topic_warnings(name, topic_factor, topic_min_isr, factor):
                 log.warning("%s", warning)
         missing = [name for name in wanted if name not in existing]
@@ -75,7 +87,7 @@ def ensure_topics(settings: Settings) -> None:
                 log.warning("%s", warning)
         for name in missing:
             try:
-                admin.create_topics({name: new_topic_spec(settings, wanted[name])})
+                admin.create_topics({name: new_topic_spec(settings, cluster, wanted[name])})
                 log.info(
                     "created topic %s (%d partitions, %d replicas, min.insync.replicas %d)",
                     name,

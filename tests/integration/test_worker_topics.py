@@ -4,6 +4,7 @@ work with (a compacted output that is not compacted, partition counts it is not 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
@@ -100,3 +101,19 @@ def test_a_decisions_topic_placed_by_whole_key_is_refused_and_one_placed_by_cust
     ensure_topics(settings_of["customer"])
     with pytest.raises(SystemExit, match="placed by their whole key"):
         ensure_topics(settings_of["whole-key"])
+
+
+def test_a_replication_factor_the_single_broker_cannot_give_is_refused_on_existing_topics_too(
+    bootstrap_servers: str, kafka_admin: KafkaAdminClient, unique_name: Callable[[str], str]
+) -> None:
+    settings = _settings(bootstrap_servers, unique_name)
+    created = [settings.events_topic, settings.decisions_topic, settings.prefs_topic]
+    created += [settings.dlq_topic, settings.violations_topic, settings.changelog_topic]
+    try:
+        ensure_topics(settings)  # one replica each, on the single node
+        asked_three = replace(settings, replication_factor=3)
+        with pytest.raises(SystemExit, match=r"--replication-factor 3 but topic \S+ has 1 replicas and 1 live brokers"):
+            ensure_topics(asked_three)
+        ensure_topics(settings)  # the default still starts on them
+    finally:
+        kafka_admin.delete_topics(created, timeout_ms=30000, raise_errors=False)
