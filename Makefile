@@ -100,7 +100,7 @@ lint: venv
 # both install Debian packages, which must not run at once.
 # The cluster profile (3 brokers, a Redis Cluster) starts once the stack is up (it shares its jars, and the two must
 # not install redis-server with apt-get at once), still while the venv is built. Its tests (marker `cluster`: they kill and restart brokers) run after
-# the single-node suite, in a second pytest run with the profile's environment, one test at a time. PYTEST_ARGS
+# the single-node suite, in a second pytest run with the profile's environment, one test at a time, with what each injected and verified printed (-rP). PYTEST_ARGS
 # narrows both runs (a run it leaves without tests is no failure as long as the other has some);
 # CLUSTER_TESTS=0 leaves the profile and its tests out.
 test: deps
@@ -124,8 +124,8 @@ test: deps
 	  $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal -m 'not cluster' $(PYTEST_ARGS) || rc=$$?; \
 	  if [ "$(CLUSTER_TESTS)" = 1 ] && [ "$$cluster_up_rc" -eq 0 ]; then \
 	    started=$$SECONDS; cluster_rc=0; \
-	    echo "+ pytest -n 0 $(PYTEST_ARGS) -m cluster    (with eval \"\$$($(STACK) env --cluster)\")"; \
-	    ( eval "$$($(STACK) env --cluster)"; exec $(BIN)/pytest -n 0 $(PYTEST_ARGS) -m cluster ) || cluster_rc=$$?; \
+	    echo "+ pytest -n 0 -rP $(PYTEST_ARGS) -m cluster    (with eval \"\$$($(STACK) env --cluster)\")"; \
+	    ( eval "$$($(STACK) env --cluster)"; exec $(BIN)/pytest -n 0 -rP $(PYTEST_ARGS) -m cluster ) || cluster_rc=$$?; \
 	    echo "cluster tests: $$((SECONDS - started)) s wall"; \
 	  elif [ "$(CLUSTER_TESTS)" = 1 ]; then \
 	    echo "error: the cluster profile did not come up (exit $$cluster_up_rc, output above): no cluster tests were run" >&2; \
@@ -141,6 +141,7 @@ test: deps
 	  $(STACK) down || true; \
 	  if [ "$(CLUSTER_TESTS)" = 1 ]; then $(STACK) down --cluster || true; fi; \
 	fi; \
+	echo "make test: $$SECONDS s wall after deps, exit $$rc"; \
 	exit $$rc
 
 # Runs the guard worker against the local stack (WORKER_ARGS='--partitions 6 --web-port 6066' to override).
