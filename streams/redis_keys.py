@@ -28,8 +28,6 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
-LEGACY_REMOVAL = "2027-06-30"  # the date from which the view stops writing the legacy layout by default
-
 
 def customer_tag(customer_id: str) -> str:
     return "{c:" + customer_id + "}"
