@@ -3,8 +3,8 @@
 Every event goes through the core's own parser (:func:`fatigue.events.parse_event`, with the worker's rule that the
 key is the ``customer_id``) before anything is produced, so what ``send`` accepts the worker does not dead-letter
 as malformed; by default a run with an invalid event sends nothing. The topic must already exist (it is never
-auto-created), an absent broker is reported within ``--timeout``, and every record the broker refuses is reported
-with the broker's error.
+auto-created), an absent broker is reported at once (nothing listens) or within ``--timeout`` (nothing answers),
+and every record the broker refuses is reported with the broker's error.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -216,6 +217,11 @@ def connect(bootstrap: str, topic: str, timeout_ms: int) -> Any:
     from kafka.errors import KafkaError, UnknownTopicOrPartitionError, for_code
 
     seconds = f"{timeout_ms / 1000:g}s"
+    refused = _all_refused(bootstrap)
+    if refused:
+        raise SetupError(
+            f"no Kafka broker at {bootstrap}: {refused}; is it running? Set --bootstrap or FATIGUE_BOOTSTRAP"
+        )
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
@@ -270,6 +276,23 @@ def connect(bootstrap: str, topic: str, timeout_ms: int) -> Any:
         )
     except (KafkaError, ValueError, OSError) as error:
         raise SetupError(f"cannot start a producer on {bootstrap} within {seconds}: {error}") from None
+
+
+def _all_refused(bootstrap: str, probe_s: float = 1.0) -> str | None:
+    """What every bootstrap address answered if each refused the connection at once, else None. Nothing listening
+    is known without waiting for --timeout; an address that is slow or unreachable is left to the client, which
+    waits for it (a broker being restarted, a slow network)."""
+    answers = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=probe_s):
+                return None
+        except ConnectionRefusedError:
+            answers.append(f"{address.strip()} refused the connection")
+        except (OSError, ValueError):
+            return None
+    return ", ".join(answers) or None
 
 
 def produce(producer: Any, topic: str, items: Sequence[Input], timeout_ms: int) -> list[tuple[Input, Exception]]:

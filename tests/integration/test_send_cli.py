@@ -125,11 +125,11 @@ def test_an_unreachable_broker_fails_fast_with_the_address() -> None:
         probe.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{probe.getsockname()[1]}"
     started = time.monotonic()
-    result = send("--bootstrap", closed, "--topic", "fatigue.events.v1", "--timeout", "2s", event("e1"), timeout=60)
+    result = send("--bootstrap", closed, "--topic", "fatigue.events.v1", "--timeout", "30s", event("e1"), timeout=60)
     elapsed = time.monotonic() - started
     assert result.returncode == 2
-    assert elapsed < 2 + 5, elapsed
-    assert f"no Kafka broker answered at {closed} within 2s" in result.stderr
+    assert elapsed < 10, elapsed  # a refused connection is an answer: --timeout is not waited out
+    assert f"no Kafka broker at {closed}: {closed} refused the connection" in result.stderr
 
 
 def test_a_record_over_the_topics_limit_is_reported_refused_by_the_broker_and_the_others_are_sent(

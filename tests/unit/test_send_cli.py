@@ -158,13 +158,27 @@ def test_send_applies_the_worker_policys_size_limit(capsys: pytest.CaptureFixtur
     assert status == 2 and "invalid policy" in err
 
 
-def test_send_with_only_valid_events_goes_on_to_the_broker_and_reports_it_unreachable(
+def test_send_with_only_valid_events_goes_on_to_the_broker_and_reports_at_once_that_nothing_listens(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     closed = closed_port()
-    status, err = run(["--bootstrap", closed, "--timeout", "500ms", raw()], capsys)
+    started = time.monotonic()
+    status, err = run(["--bootstrap", closed, "--timeout", "30s", raw()], capsys)
     assert status == 2
-    assert f"no Kafka broker answered at {closed} within 0.5s" in err
+    assert f"no Kafka broker at {closed}: {closed} refused the connection" in err
+    assert time.monotonic() - started < 10  # not the 30 s --timeout: a refused connection is an answer
+
+
+def test_a_listener_that_never_answers_is_waited_for_up_to_the_timeout_then_reported(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as silent:  # the kernel completes connections to it; nothing ever replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        bootstrap = f"{closed_port()},127.0.0.1:{silent.getsockname()[1]}"
+        status, err = run(["--bootstrap", bootstrap, "--timeout", "500ms", raw()], capsys)
+    assert status == 2
+    assert f"no Kafka broker answered at {bootstrap} within 0.5s" in err
 
 
 def test_send_raw_and_skip_invalid_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
