@@ -1,6 +1,9 @@
-"""The README's sender-side examples (dialer, e-mail pre-check, redis-cli, `fatigue filter`) against the cluster
-profile: 3 brokers and a Redis Cluster, the worker's Redis view on it (tests/e2e/test_docs_examples.py runs the same
-against the single-node stack)."""
+"""The README's sender-side examples against the cluster profile: 3 brokers and a Redis Cluster, the worker's Redis
+view on it (tests/e2e/test_docs_examples.py runs the same against the single-node stack). The shell commands of
+"Send an event and see its decision" and "For dialers" as written (`fatigue send`/`check`/`follow`, kcat producing
+on the murmur2 partition and reading the blocks and dead-letter topics, redis-cli GET and PTTL with `-c -h -p` for
+the cluster, the metrics), then the dialer, e-mail pre-check, redis-cli and `fatigue filter` examples; it prints
+what it ran and verified."""
 
 from __future__ import annotations
 
