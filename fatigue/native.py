@@ -42,7 +42,7 @@ from fatigue.partition import (
 )
 from fatigue.policy import Policy
 from fatigue.replay import ReplayStats
-from fatigue.state import CustomerState, preferences_view
+from fatigue.state import CustomerState, json_bytes, preferences_view
 from fatigue.timeutil import format_duration
 
 _PACKAGE_DIR: Final = Path(__file__).resolve().parent
@@ -173,8 +173,8 @@ class _Bridge:
         rejection = step.rejection
         return (
             None if step.state is None else step.state.to_bytes(),
-            [(orjson.dumps(d), d["action"] == "block", d["reason"], d["channel"]) for d in step.decisions],
-            [(orjson.dumps(v), v["kind"], v["channel"]) for v in step.violations],
+            [(json_bytes(d), d["action"] == "block", d["reason"], d["channel"]) for d in step.decisions],
+            [(json_bytes(v), v["kind"], v["channel"]) for v in step.violations],
             None
             if rejection is None
             else (rejection.reason, rejection.detail, rejection.event_id, rejection.customer_id),
@@ -201,7 +201,7 @@ class _PartitionBridge(_Bridge):
     @staticmethod
     def prefs_view(state_bytes: bytes) -> bytes:
         """The customer's preferences view (after a preference, unsubscribe or sms_stop event)."""
-        return orjson.dumps(preferences_view(CustomerState.from_bytes(state_bytes)))
+        return json_bytes(preferences_view(CustomerState.from_bytes(state_bytes)))
 
     def process_records(self, state_bytes: bytes | None, event: Event) -> tuple[bool, bytes | None, tuple[Any, ...]]:
         """PythonEngine.process after parsing (an erasure): (rejected, the new state, NativePartition's outcome)."""
@@ -212,7 +212,7 @@ class _PartitionBridge(_Bridge):
         new = step.state
         prefs = None
         if not step.erased and new is not None and event.type in PREFERENCE_TYPES:
-            prefs = orjson.dumps(preferences_view(new))
+            prefs = json_bytes(preferences_view(new))
         outcome = (
             None,
             event.customer_id,

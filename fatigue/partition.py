@@ -17,12 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, Protocol
 
-import orjson
-
 from fatigue.clock import PartitionClock
 from fatigue.engine import Guard
 from fatigue.events import Rejection, parse_event
-from fatigue.state import CustomerState, preferences_view
+from fatigue.state import CustomerState, json_bytes, preferences_view
 
 # The state of a customer this engine does not hold, as the store has it (None: no state stored).
 Loader = Callable[[str], "bytes | None"]
@@ -129,7 +127,7 @@ def decision_record(decision: dict[str, object]) -> DecisionRecord:
     assert isinstance(decided_at, int)
     return (
         f"{channel}:{decision['customer_id']}".encode(),
-        orjson.dumps(decision),
+        json_bytes(decision),
         str(decision["action"]),
         str(decision["reason"]),
         channel,
@@ -141,7 +139,7 @@ def decision_record(decision: dict[str, object]) -> DecisionRecord:
 def violation_record(violation: dict[str, object]) -> ViolationRecord:
     sender = violation.get("sender")
     return (
-        orjson.dumps(violation),
+        json_bytes(violation),
         str(violation["kind"]),
         str(violation["channel"]),
         sender if isinstance(sender, str) else None,
@@ -195,7 +193,7 @@ class PythonEngine:
         new = step.state
         assert new is not None
         if parsed.type in PREFERENCE_TYPES:
-            outcome.prefs = orjson.dumps(preferences_view(new))
+            outcome.prefs = json_bytes(preferences_view(new))
         return Processed(outcome, new.watermark_ms, new.next_deadline_ms())
 
     def advance(self, customer_id: str, now_ms: int) -> tuple[list[DecisionRecord], int | None]:
