@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from typing import Any, Literal
 
 import faust
@@ -55,8 +56,35 @@ class GuardApp(faust.App):
         await super().on_stop()
 
 
-class PipelineService(Service):
+class _Watched(Service):
+    """A service whose one long run must last as long as the worker: if it ends while the worker is not stopping
+    (an error mode only logs, a cancellation no one asked for, a return), ``ended`` says how, for ``/health``
+    to fail and the orchestrator to restart the worker, instead of a process that serves /metrics and does
+    nothing."""
+
+    what = "the service"
+    ended: str | None = None
+
+    async def _watch(self, run: Awaitable[None]) -> None:
+        how = "returned"
+        try:
+            await run
+        except asyncio.CancelledError:
+            how = "cancelled"
+            raise
+        except BaseException as error:
+            how = f"failed: {type(error).__name__}: {error}"
+            raise
+        finally:
+            if not self.should_stop:
+                self.ended = f"{self.what} {how}"
+                log.error("%s while the worker runs: /health now fails", self.ended)
+
+
+class PipelineService(_Watched):
     """Runs the pipeline for as long as the worker runs; a stop lets the batch in hand commit first."""
+
+    what = "the pipeline"
 
     def __init__(self, pipeline: Pipeline, **kwargs: Any) -> None:
         self.pipeline = pipeline
@@ -67,25 +95,40 @@ class PipelineService(Service):
 
     @Service.task
     async def _run(self) -> None:
-        # an unexpected error crashes the service and with it the worker (mode's task handling): the process
-        # exits non-zero and its orchestrator restarts it, which sets every partition up again
-        await self.pipeline.run()
+        # an unexpected error crashes the service (mode's task handling); /health then fails, and the
+        # orchestrator's restart sets every partition up again
+        await self._watch(self.pipeline.run())
 
     async def on_stop(self) -> None:
         await self.pipeline.stop()
 
 
-class ViewService(Service):
+class ViewService(_Watched):
+    what = "the Redis view"
+
     def __init__(self, views: ViewConsumer, **kwargs: Any) -> None:
         self.views = views
         super().__init__(**kwargs)
 
     @Service.task
     async def _run(self) -> None:
-        await self.views.run()
+        await self._watch(self.views.run())
 
     async def on_stop(self) -> None:
         self.views.stop()  # before mode cancels _run: the run ends even if a client swallows that cancellation
+
+
+def health(policy: Policy, pipeline: Pipeline, services: Sequence[_Watched]) -> tuple[dict[str, Any], int]:
+    """``/health``'s body and status: 503 once the pipeline's or the Redis view's run has ended unasked."""
+    ended = [service.ended for service in services if service.ended is not None]
+    body: dict[str, Any] = {
+        "status": "failing" if ended else "ok",
+        "policy_version": policy.version,
+        "partitions": pipeline.owned(),
+    }
+    if ended:
+        body["ended"] = ended
+    return body, 503 if ended else 200
 
 
 def engine_factory(settings: Settings, guard: Guard) -> tuple[EngineFactory, str]:
@@ -182,7 +225,8 @@ def create_app(settings: Settings, policy: Policy, metrics: Metrics | None = Non
 
     @app.page("/health")
     async def health_page(self: Any, request: Any) -> Any:
-        return self.json({"status": "ok", "policy_version": policy.version, "partitions": pipeline.owned()})
+        body, status = health(policy, pipeline, (pipeline_service, view_service))
+        return self.json(body, status=status)
 
     return app, pipeline
 
