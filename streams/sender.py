@@ -228,6 +228,17 @@ def _hits(reply: list[Any], indexes: list[int], into: dict[int, Values]) -> None
         into[indexes[reply[at] - 1]] = (reply[at + 1], reply[at + 2])
 
 
+def _get_each(client: RedisCluster, keys: list[str]) -> list[Any]:
+    """The values of ``keys`` by single-key GETs in a cluster pipeline, which follow MOVED and ASK. While a slot is
+    being resharded a customer's keys can sit on two nodes (one migrated, one not yet), and a multi-key command on
+    them gets TRYAGAIN until the slot's migration ends; one key at a time is always answered."""
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+    for key in keys:
+        pipe.get(key)
+    values: list[Any] = pipe.execute()
+    return values
+
+
 def _topology_error(error: Exception) -> bool:
     """An error that a fresh slot map may cure: the node no longer serves the slot, is down, or is unreachable."""
     if isinstance(
@@ -309,10 +320,14 @@ class PreSendCheck:
         if not self._guards(channel, category):
             return ALLOWED
         at = _now_ms() if at_ms is None else at_ms
-        # both keys carry the customer's hash tag: one slot, so one MGET on a cluster too
-        block, prefs = self.client.mget(
-            [block_key(self.prefix, channel, customer_id), prefs_key(self.prefix, customer_id)]
-        )
+        keys = [block_key(self.prefix, channel, customer_id), prefs_key(self.prefix, customer_id)]
+        try:
+            # both keys carry the customer's hash tag: one slot, so one MGET on a cluster too
+            block, prefs = self.client.mget(keys)
+        except (TryAgainError, ClusterError):
+            if not isinstance(self.client, RedisCluster):
+                raise
+            block, prefs = _get_each(self.client, keys)
         return self._verdict(block, prefs, channel, at)
 
     def filter(
@@ -406,14 +421,14 @@ class PreSendCheck:
 
     def _give_up_script(self, error: Exception) -> None:
         self.script_unusable = str(error)
-        log.warning("the bulk lookup script fails here (%s): looking customers up with MGETs instead", error)
+        log.warning("the bulk lookup script fails here (%s): looking customers up key by key instead", error)
 
     def _lookup_cluster(self, chunk: list[str], channel: str) -> dict[int, Values]:
         """chunk index -> (block, prefs) of the customers with something stored, on a Redis Cluster: the ids
         grouped by the primary serving their slot, script calls of at most ``SCRIPT_IDS`` ids, sent to every
         primary before any reply is read. The ids of a call that fails (moved slots, a failover, a lost
-        connection) are retried on a fresh slot map, a few times, then looked up with the cluster client's own
-        MGETs, which follow redirections."""
+        connection, a slot being resharded) are retried on a fresh slot map, a few times, then looked up key by
+        key (:func:`_get_each`: single-key GETs follow MOVED and ASK)."""
         assert isinstance(self.client, RedisCluster)
         hits: dict[int, Values] = {}
         pending = list(range(len(chunk)))
@@ -430,7 +445,7 @@ class PreSendCheck:
             keys: list[str] = []
             for index in pending:
                 keys += (block_key(self.prefix, channel, chunk[index]), prefs_key(self.prefix, chunk[index]))
-            values = self.client.mget_nonatomic(keys)
+            values = _get_each(self.client, keys)
             for at, index in enumerate(pending):
                 block, pref = values[2 * at], values[2 * at + 1]
                 if block is not None or pref is not None:

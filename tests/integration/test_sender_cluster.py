@@ -26,6 +26,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import TryAgainError
 
 from fatigue.events import CHANNELS
 from streams.redis_keys import block_key, customer_tag, is_cluster_url, prefs_key
@@ -379,3 +380,80 @@ def test_a_bulk_filter_meeting_a_failover_answers_no_id_wrongly(cluster: PreSend
     assert passes >= 2, passes
     assert _verdicts(cluster, "email", now) == expected
     assert _node_id_and_role(primary_port)[1] == "master"
+
+
+def _ids_sharing_a_slot(count: int) -> tuple[int, list[str]]:
+    """``count`` customer ids whose keys share one hash slot."""
+    by_slot: dict[int, list[str]] = {}
+    for number in range(400_000):
+        customer = f"reshard-{number}"
+        same = by_slot.setdefault(key_slot(customer_tag(customer).encode()), [])
+        same.append(customer)
+        if len(same) == count:
+            return key_slot(customer_tag(customer).encode()), same
+    raise AssertionError(f"no slot with {count} ids")
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(CLUSTER_URL is None, reason=f"the cluster profile is not in use: {HOW_TO_RUN}")
+def test_a_slot_being_resharded_is_answered_right_key_by_key(cluster: PreSendCheck, prefix: str) -> None:
+    """Mid-reshard a slot's keys sit on two nodes (MIGRATING on its owner, IMPORTING on the target): a key already
+    moved is answered ASK, and a customer with one key moved and one not gets TRYAGAIN for a two-key MGET until the
+    slot's migration ends. is_allowed and the bulk filter (whose script cannot follow ASK) must still answer every
+    customer of that slot right: by single-key GETs, which follow ASK."""
+    client = cluster.client
+    assert isinstance(client, RedisCluster)
+    now = int(time.time() * 1000)
+    minute = (now // 60_000) % 1440
+    slot, ids = _ids_sharing_a_slot(6)
+    block = orjson.dumps({"action": "block", "reason": "cap", "until": None, "until_ms": now + DAY})
+    quiet = {
+        "customer_id": "",
+        "timezone": "UTC",
+        "quiet_hours": {"email": {"start": _clock(minute - 60), "end": _clock(minute + 60)}},
+    }
+    blocked, quiet_now, allowed = ids[0:2] + ids[4:5], ids[2:3], ids[3:4] + ids[5:6]
+    for customer in blocked:
+        client.set(block_key(prefix, "email", customer), block, px=DAY)
+    for customer in quiet_now + ids[4:5]:  # the last blocked one has a preferences key too
+        client.set(prefs_key(prefix, customer), orjson.dumps({**quiet, "customer_id": customer}), px=DAY)
+    expected = {customer: Verdict(False, "cap", None) for customer in blocked}
+    expected |= {customer: Verdict(False, "quiet_hours") for customer in quiet_now}
+    expected |= {customer: Verdict(True) for customer in allowed}
+
+    owner = client.get_node_from_key(customer_tag(ids[0]))
+    source = redis.Redis(host=owner.host, port=owner.port, socket_timeout=10)
+    target_node = next(node for node in client.get_primaries() if node.name != owner.name)
+    target = redis.Redis(host=target_node.host, port=target_node.port, socket_timeout=10)
+    moved = [
+        block_key(prefix, "email", ids[0]),  # a customer all of whose keys moved
+        prefs_key(prefix, ids[2]),  # likewise, preferences only
+        prefs_key(prefix, ids[4]),  # split: its block stays on the source, its preferences move
+    ]
+    try:
+        target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.execute_command("CLUSTER", "MYID"))
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.execute_command("CLUSTER", "MYID"))
+        source.execute_command("MIGRATE", target_node.host, target_node.port, "", 0, 5000, "KEYS", *moved)
+        print(f"slot {slot} migrating {owner.name} -> {target_node.name}, moved {len(moved)} of its keys: {moved}")
+        target.execute_command("ASKING")
+        with pytest.raises(TryAgainError):  # what the split customer's MGET meets (TRYAGAIN)
+            target.mget([block_key(prefix, "email", ids[4]), prefs_key(prefix, ids[4])])
+
+        singles = {customer: cluster.is_allowed(customer, "email", now) for customer in ids}
+        bulk = dict(cluster.filter(ids, "email", now))
+        with PreSendCheck.from_url(CLUSTER_URL, prefix=prefix, socket_timeout=10) as fresh:  # a fresh slot map
+            fresh_bulk = dict(fresh.filter(ids, "email", now))
+            assert fresh.script_unusable is None  # a reshard is no reason to leave the script for good
+    finally:
+        for key in moved:  # off the target (it holds them only while importing), then the slot as it was
+            target.execute_command("ASKING")
+            target.delete(key)
+        for node in (target, source):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        source.close()
+        target.close()
+    assert singles == expected
+    assert bulk == expected
+    assert fresh_bulk == expected
+    print(f"verified: is_allowed and filter (stale and fresh slot map) right for the slot's {len(ids)} customers")
