@@ -276,8 +276,9 @@ def test_sigkill_mid_stream_publishes_everything_exactly_once(deployment_factory
     started = time.monotonic()
     deployment.produce(messages)
     # every transaction held open for a moment before its commit (a test-only delay): the kill lands mid-stream
-    # with transactions in flight, however fast the worker is
-    deployment.start_worker("w1", env={"FATIGUE_TEST_COMMIT_DELAY_S": "0.3"})
+    # with transactions in flight, however fast the worker is; batches of 1000 (the default 5000 is a fifth of the
+    # input: the commits then came in steps too coarse to stop between, 92% committed at the kill once)
+    deployment.start_worker("w1", env={"FATIGUE_TEST_COMMIT_DELAY_S": "0.3", "FATIGUE_INPUT_BATCH": "1000"})
 
     # kill -9 once a good part of the input is committed and decisions are flowing, but well before the end
     deployment.wait_until_committed(int(0.3 * len(messages)))
