@@ -334,8 +334,19 @@ class GuardDeployment:
                     if key in ("events", "decisions", "prefs")
                     for partition in range(self.partitions)
                 ]
-                ends = consumer.end_offsets(tps)
-                committed = self._group_offsets(admin)
+                try:
+                    ends = consumer.end_offsets(tps)
+                    committed = self._group_offsets(admin)
+                except KafkaError as error:
+                    # the test's own client, not the guard: after a broker's restart kafka-python's consumer once
+                    # timed out asking for end offsets (30 s) with every replica in sync; ask again with new clients
+                    print(f"  settle check: {error!r}; asking again with new clients")
+                    consumer.close()
+                    admin.close()
+                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+                    consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+                    stable_since = time.monotonic()
+                    continue
                 behind = {
                     f"{tp.topic}[{tp.partition}]": (committed[tp].offset if tp in committed else None, ends[tp])
                     for tp in tps
