@@ -5,6 +5,7 @@ reconcile deletes the keys the topic no longer has on every master. Skipped unle
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -77,3 +78,101 @@ def test_a_batch_over_every_master_is_written_per_master_and_stale_records_chang
         for key in sync.scan_iter(match=f"{prefix}:*", count=1000):
             sync.delete(key)
         sync.close()
+
+
+def _customers_sharing_a_slot(count: int) -> tuple[int, list[str]]:
+    by_slot: dict[int, list[str]] = {}
+    for number in range(400_000):
+        customer = f"reshard-view-{number}"
+        slot = key_slot(redis_keys.customer_tag(customer).encode())
+        same = by_slot.setdefault(slot, [])
+        same.append(customer)
+        if len(same) == count:
+            return slot, same
+    raise AssertionError(f"no slot with {count} customers")
+
+
+def test_a_slot_being_resharded_fails_the_views_call_and_never_misplaces_a_write() -> None:
+    """Mid-reshard a slot's keys sit on two nodes: the view's script, whose keys Redis cannot redirect (they are
+    built from arguments), must fail the call, never write a key where the slot's new owner will not find it; once
+    the slot has moved, the same batch is written on the new owner, every key at its position."""
+    import redis  # the nodes themselves, for the migration commands
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    now_ms = int(time.time() * 1000)
+    slot, customers = _customers_sharing_a_slot(3)
+    moved_whole, split, untouched = customers
+    first = [(i, f"sms:{c}".encode(), _block(c, now_ms + 100_000)) for i, c in enumerate(customers)]
+    second = [(i + 3, f"sms:{c}".encode(), _block(c, now_ms + 900_000)) for i, c in enumerate(customers)]
+    sync = redis_keys.sync_client(URL)
+    owner = sync.get_node_from_key(redis_keys.customer_tag(customers[0]))
+    target_node = next(node for node in sync.get_primaries() if node.name != owner.name)
+    source = redis.Redis(host=owner.host, port=owner.port, socket_timeout=10)
+    target = redis.Redis(host=target_node.host, port=target_node.port, socket_timeout=10)
+    source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
+
+    def move_slot(keys: list[str], to: redis.Redis, to_id: bytes, frm: redis.Redis, frm_id: bytes) -> None:
+        to.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", frm_id)
+        frm.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", to_id)
+        if keys:
+            host, port = to.connection_pool.connection_kwargs["host"], to.connection_pool.connection_kwargs["port"]
+            frm.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys)
+
+    def finish(to_id: bytes) -> None:
+        for node in (target, source):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", to_id)
+
+    block = functools.partial(redis_keys.block_key, prefix, "sms")
+    position = functools.partial(redis_keys.position_key, prefix)
+
+    async def write(batch: list[tuple[int, bytes, bytes]], start: int, end: int) -> object:
+        client = redis_keys.async_client(URL)
+        nodes = RedisNodes(client, prefix=prefix)
+        view = RedisView(
+            nodes,
+            topic="blocks",
+            bootstrap="unused",
+            partitions=1,
+            layout=ViewLayout(prefix, "blocks"),
+            metrics=Metrics(),
+        )
+        try:
+            return await view._write(0, batch, start=start, end=end)
+        finally:
+            await client.aclose()
+
+    asyncio.run(write(first, 0, 3))
+    moved = [block(moved_whole), position(moved_whole), block(split)]  # the split customer's position stays
+    try:
+        move_slot(moved, target, target_id, source, source_id)
+        outcome: object
+        try:
+            outcome = asyncio.run(write(second, 3, 6))
+        except Exception as error:  # what the view's own loop retries
+            outcome = error
+        print(f"slot {slot} migrating {owner.name} -> {target_node.name}; the view's call: {outcome!r}")
+        assert isinstance(outcome, Exception), f"a call over a half-moved slot must fail, got {outcome!r}"
+        # nothing was left on the source that the new owner will not have: the source holds only unmoved keys
+        left = {key.decode() for key in source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)}
+        assert not left & set(moved), left & set(moved)
+        rest = [key for key in (block(untouched), position(untouched), position(split)) if key in left]
+        if rest:
+            source.execute_command("MIGRATE", target_node.host, target_node.port, "", 0, 5000, "KEYS", *rest)
+        finish(target_id)
+        written = asyncio.run(write(second, 3, 6))
+        print(f"  slot moved; the same batch again: {written!r}")
+        for customer in customers:
+            held = orjson.loads(sync.get(block(customer)))
+            assert held["until_ms"] == now_ms + 900_000, customer
+    finally:
+        # the slot back to its owner, with whatever keys of it the target holds (they are this test's)
+        keys = [key.decode() for key in target.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)]
+        try:
+            move_slot(keys, source, source_id, target, target_id)
+            finish(source_id)
+        except redis.RedisError as error:
+            print(f"  could not move slot {slot} back: {error}")
+        for key in keys:
+            sync.delete(key)
+        source.close()
+        target.close()
