@@ -36,6 +36,7 @@ from streams.redis_view import (
 from streams.sender import BlockFollower
 from streams.transactions import PartitionProducer
 from tests.e2e.harness import GuardDeployment, free_server_port
+from tests.transaction_markers import wait_for_last_stable_offsets
 
 
 def _block(customer: str, until_ms: int) -> bytes:
@@ -599,6 +600,7 @@ def test_readers_return_exactly_the_committed_records_and_end_after_a_transactio
     expected = {b"sms:a": _block("a", until), b"sms:b": None, b"sms:x": _block("x", until)}
     expected |= {b"sms:d": _block("d", until), b"sms:y": _block("y", until)}
     try:
+        wait_for_last_stable_offsets(bootstrap_servers, topic, {0: 9, 1: 8})
         snapshots = asyncio.run(read_partitions(bootstrap_servers, topic, [0, 1]))
         # 6 records and 3 markers on partition 0; 4 records and 4 markers on partition 1 (the open transaction's
         # record lies after the last stable offset)

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.restore import restore
 from streams.state_store import PartitionStore, store_options
+from tests.transaction_markers import wait_for_last_stable_offsets
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +95,7 @@ def test_restore_reads_what_the_store_lacks_committed_only(
 ) -> None:
     topic = topic_factory("changelog", partitions=1, config={"cleanup.policy": "compact"})
     asyncio.run(_write_changelog(bootstrap_servers, topic))
+    wait_for_last_stable_offsets(bootstrap_servers, topic, {0: 11})
 
     fresh = _store(tmp_path / "fresh.db")
     read = asyncio.run(_restore(bootstrap_servers, fresh, topic))
