@@ -72,6 +72,16 @@ class PartitionClock:
             self.time_ms = watermark_ms
         self.schedule_at(customer, next_deadline_ms)
 
+    def observe_due(self, customer: str, watermark_ms: int | None, next_deadline_ms: int | None) -> int | None:
+        """:meth:`observe_times`, then the event-time bound if a deadline is due before it (else None): one call
+        per input record instead of three."""
+        self.observe_times(customer, watermark_ms, next_deadline_ms)
+        heap = self._heap
+        if self.time_ms is None or not heap:
+            return None
+        bound = self.time_ms - self.settle_ms
+        return bound if heap[0][0] < bound else None
+
     def schedule(self, state: CustomerState) -> None:
         """Keep one live entry per customer, at or before its next deadline.
 

@@ -35,9 +35,9 @@ from fatigue.partition import (
     PREFERENCE_TYPES,
     DecisionRecord,
     Loader,
-    Outcome,
     Processed,
     decision_record,
+    rejected,
     violation_record,
 )
 from fatigue.policy import Policy
@@ -189,12 +189,6 @@ class _Bridge:
         return local.hour * 60 + local.minute
 
 
-def _rejected(rejection: Rejection) -> tuple[Any, ...]:
-    """NativePartition.process's outcome tuple of a rejected message."""
-    reason = (rejection.reason, rejection.detail, rejection.event_id, rejection.customer_id)
-    return (reason, None, None, None, None, [], [], None, False, None, None)
-
-
 class _PartitionBridge(_Bridge):
     """What the Rust partition (``NativePartition``) asks of the Python core besides the replay's bridge."""
 
@@ -208,7 +202,7 @@ class _PartitionBridge(_Bridge):
         state = None if state_bytes is None else CustomerState.from_bytes(state_bytes)
         step = self.guard.process(state, event)
         if step.rejection is not None:
-            return True, None, _rejected(step.rejection)
+            return True, None, rejected(step.rejection)
         new = step.state
         prefs = None
         if not step.erased and new is not None and event.type in PREFERENCE_TYPES:
@@ -294,26 +288,12 @@ class NativeEngine:
         self._partition = _MODULE.NativePartition(
             policy_json(guard.policy), _PartitionBridge(guard, check_key), loader, check_key
         )
-        self._process = self._partition.process
+        # the Rust method itself, not a wrapper calling it: the pipeline calls it for every input record
+        self.process = self._partition.process  # type: ignore[method-assign]
 
     def process(self, raw: bytes, key: bytes | None) -> Processed:
-        (
-            rejection,
-            customer_id,
-            event_type,
-            channel,
-            category,
-            decisions,
-            violations,
-            prefs,
-            erased,
-            watermark,
-            due,
-        ) = self._process(raw, key)
-        if rejection is not None:
-            return Processed(Outcome(Rejection(*rejection)))
-        outcome = Outcome(None, customer_id, event_type, channel, category, decisions, violations, prefs, erased)
-        return Processed(outcome, watermark, due)
+        processed: Processed = self._partition.process(raw, key)
+        return processed
 
     def advance(self, customer_id: str, now_ms: int) -> tuple[list[DecisionRecord], int | None]:
         advanced: tuple[list[DecisionRecord], int | None] = self._partition.advance(customer_id, now_ms)

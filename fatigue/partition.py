@@ -79,16 +79,39 @@ class Outcome:
         self.erased = erased
 
 
-class Processed:
-    """What :meth:`CustomerEngine.process` returns: the outcome, and for an accepted event (erasures aside) the
-    customer's watermark and next deadline, which the partition clock needs."""
+# What an engine returns for one input message: the fields of :class:`Outcome`, with the rejection as
+# (reason, detail, event_id, customer_id), then the customer's watermark and next deadline after it (None for a
+# rejection or an erasure), which the partition clock needs:
+#   (rejection, customer_id, event_type, channel, category, decisions, violations, prefs, erased, watermark_ms,
+#    next_deadline_ms)
+# A tuple, not an object: the native engine builds it in Rust, and the pipeline reads one for every input record.
+RejectionFields = tuple[str, str, "str | None", "str | None"]
+Processed = tuple[
+    "RejectionFields | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    list[DecisionRecord],
+    list[ViolationRecord],
+    "bytes | None",
+    bool,
+    "int | None",
+    "int | None",
+]
 
-    __slots__ = ("next_deadline_ms", "outcome", "watermark_ms")
 
-    def __init__(self, outcome: Outcome, watermark_ms: int | None = None, next_deadline_ms: int | None = None) -> None:
-        self.outcome = outcome
-        self.watermark_ms = watermark_ms
-        self.next_deadline_ms = next_deadline_ms
+def rejected(rejection: Rejection) -> Processed:
+    """What an engine returns for a rejected message."""
+    fields = (rejection.reason, rejection.detail, rejection.event_id, rejection.customer_id)
+    return (fields, None, None, None, None, [], [], None, False, None, None)
+
+
+def outcome_of(processed: Processed) -> Outcome:
+    rejection = processed[0]
+    if rejection is not None:
+        return Outcome(Rejection(*rejection))
+    return Outcome(None, *processed[1:9])
 
 
 class CustomerEngine(Protocol):
@@ -170,31 +193,46 @@ class PythonEngine:
     def process(self, raw: bytes, key: bytes | None) -> Processed:
         parsed = parse_event(raw, key, check_key=self.check_key, max_bytes=self.max_bytes)
         if isinstance(parsed, Rejection):
-            return Processed(Outcome(parsed))
+            return rejected(parsed)
         customer_id = parsed.customer_id
         state = self._state(customer_id)
         step = self.guard.process(state, parsed)
         if step.rejection is not None:
-            return Processed(Outcome(step.rejection))
+            return rejected(step.rejection)
         self.states[customer_id] = step.state
         self.dirty[customer_id] = None
-        outcome = Outcome(
+        decisions = [decision_record(decision) for decision in step.decisions]
+        violations = [violation_record(violation) for violation in step.violations]
+        if step.erased:
+            return (
+                None,
+                customer_id,
+                parsed.type,
+                parsed.channel,
+                parsed.category,
+                decisions,
+                violations,
+                None,
+                True,
+                None,
+                None,
+            )
+        new = step.state
+        assert new is not None
+        prefs = json_bytes(preferences_view(new)) if parsed.type in PREFERENCE_TYPES else None
+        return (
             None,
             customer_id,
             parsed.type,
             parsed.channel,
             parsed.category,
-            [decision_record(decision) for decision in step.decisions],
-            [violation_record(violation) for violation in step.violations],
-            erased=step.erased,
+            decisions,
+            violations,
+            prefs,
+            False,
+            new.watermark_ms,
+            new.next_deadline_ms(),
         )
-        if step.erased:
-            return Processed(outcome)
-        new = step.state
-        assert new is not None
-        if parsed.type in PREFERENCE_TYPES:
-            outcome.prefs = json_bytes(preferences_view(new))
-        return Processed(outcome, new.watermark_ms, new.next_deadline_ms())
 
     def advance(self, customer_id: str, now_ms: int) -> tuple[list[DecisionRecord], int | None]:
         state = self._state(customer_id)
@@ -241,21 +279,24 @@ class PartitionDriver:
 
     def feed(self, raw: bytes, key: bytes | None) -> Outcome:
         """One input message: its outcome, with the deadlines its event time settled for others."""
+        return outcome_of(self.feed_fields(raw, key))
+
+    def feed_fields(self, raw: bytes, key: bytes | None) -> Processed:
+        """:meth:`feed` as the engine's tuple (the pipeline's form): its decisions list includes those fired."""
         processed = self.engine.process(raw, key)
-        outcome = processed.outcome
-        if outcome.rejection is not None or outcome.erased:
-            return outcome
-        customer_id = outcome.customer_id
-        assert customer_id is not None
+        if processed[0] is not None or processed[8]:
+            return processed  # a rejection, an erasure
         clock = self.clock
-        clock.observe_times(customer_id, processed.watermark_ms, processed.next_deadline_ms)
-        bound = clock.fire_before_ms
+        customer_id = processed[1]
+        assert customer_id is not None
+        bound = clock.observe_due(customer_id, processed[9], processed[10])
         if bound is not None:
+            decisions = processed[5]
             for due in clock.due(bound):
                 fired, next_deadline = self.engine.advance(due, bound)
-                outcome.decisions.extend(fired)
+                decisions.extend(fired)
                 clock.schedule_at(due, next_deadline)
-        return outcome
+        return processed
 
     def fire(self, before_ms: int) -> list[DecisionRecord]:
         """Settle every deadline before ``before_ms`` (wall clock on a quiet partition)."""

@@ -15,8 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Final
 
-from fatigue.events import CHANNEL_INDEX, CHANNELS, MAX_ID_CHARS
-from fatigue.partition import DecisionRecord, Outcome, PartitionDriver
+from fatigue.events import CHANNEL_INDEX, CHANNELS, MAX_ID_CHARS, Rejection
+from fatigue.partition import DecisionRecord, PartitionDriver
 from fatigue.state import CustomerState
 from streams.collector import REROUTED_HEADER, Headers, RecordCollector
 from streams.metrics import ActiveBlocks, Metrics
@@ -99,35 +99,61 @@ class PartitionTask:
     # ------------------------------------------------------------------ input
 
     def handle(self, records: Sequence[Any]) -> None:
-        """Handle a run of this partition's input records, in offset order."""
-        feed = self.driver.feed
-        partition_of = self.txn.out.partition_of
+        """Handle a run of this partition's input records, in offset order. The routing of an outcome is inlined
+        here (and the names it uses are locals): it runs for every input record."""
+        feed = self.driver.feed_fields
+        txn = self.txn
+        out = txn.out
+        counts = txn.counts
+        partition_of = out.partition_of
+        own = self.partition
+        max_event_bytes = self.max_event_bytes
+        violation = out.violation
+        sender_label = self.metrics.sender_label
         skip_below = self.next_offset if self.next_offset is not None else -1
         for record in records:
-            if record.offset < skip_below:
+            offset = record.offset
+            if offset < skip_below:
                 continue  # fetched before the partition was sought back to its committed offset
             key = record.key
             value = record.value
             if (
                 key is not None
                 and len(key) <= _MAX_KEY_BYTES
-                and (value is None or len(value) <= self.max_event_bytes)
-                and partition_of(key) != self.partition
+                and (value is None or len(value) <= max_event_bytes)
+                and partition_of(key) != own
                 and not any(name == REROUTED_HEADER for name, _ in record.headers or ())
             ):
                 # A producer with another partitioner (librdkafka's default is crc32) put this customer on the
                 # wrong partition; its state lives with the murmur2 partition, so forward it there once. One that
                 # cannot be valid is dead-lettered where it is: a copy of a huge one might not fit the producer.
                 headers: Headers = list(record.headers or ())
-                self.txn.out.reroute(key, value, headers, partition_of(key))
-                self.txn.counts[("rerouted", ())] += 1
+                out.reroute(key, value, headers, partition_of(key))
+                counts[("rerouted", ())] += 1
                 continue
-            outcome = feed(value if value is not None else b"", key)
-            self._route(outcome, key, value, record.offset)
+            (rejection, _, event_type, channel, category, decisions, violations, prefs, erased, _, _) = feed(
+                value if value is not None else b"", key
+            )
+            if rejection is not None:
+                out.dead_letter(key, value, offset, Rejection(*rejection))
+                counts[("rejected", (rejection[0].split(":", 1)[0],))] += 1
+                continue
+            assert key is not None
+            assert event_type is not None
+            counts[("events", (event_type, channel or "all", category or "marketing"))] += 1
+            if decisions:
+                self._decisions(decisions, event_driven=True)
+            for value_bytes, kind, violation_channel, sender in violations:
+                violation(key, value_bytes)
+                counts[("violations", (kind, violation_channel, sender_label(sender)))] += 1
+            if erased:
+                self._erased(key, decisions)
+            elif prefs is not None:
+                out.prefs(key, prefs)
         if records and records[-1].offset >= skip_below:
             self.next_offset = records[-1].offset + 1
-            self.txn.offset = self.next_offset
-            self.txn.handled += len(records)
+            txn.offset = self.next_offset
+            txn.handled += len(records)
             self.last_input_at = time.monotonic()
 
     def read_past(self, position: int) -> None:
@@ -137,47 +163,40 @@ class PartitionTask:
             self.next_offset = position
             self.txn.offset = position
 
-    def _route(self, outcome: Outcome, key: bytes | None, value: bytes | None, offset: int) -> None:
-        rejection = outcome.rejection
-        counts = self.txn.counts
-        if rejection is not None:
-            self.txn.out.dead_letter(key, value, offset, rejection)
-            counts[("rejected", (rejection.reason.split(":", 1)[0],))] += 1
-            return
-        assert key is not None
-        assert outcome.event_type is not None
-        counts[("events", (outcome.event_type, outcome.channel or "all", outcome.category or "marketing"))] += 1
-        self._decisions(outcome.decisions, event_driven=True)
-        for value_bytes, kind, channel, sender in outcome.violations:
-            self.txn.out.violation(key, value_bytes)
-            counts[("violations", (kind, channel, self.metrics.sender_label(sender)))] += 1
-        if outcome.erased:
-            kept = {record[4] for record in outcome.decisions}
-            customer = key.decode()
-            for channel in CHANNELS:
-                if channel not in kept:
-                    self.txn.out.decision(f"{channel}:{customer}".encode(), None)
-                    index = CHANNEL_INDEX[channel]
-                    self.txn.block_changes.append((index, self.blocks.clear(customer, index), None))
-            self.txn.out.prefs(key, None)
-            counts[("erasures", ())] += 1
-        elif outcome.prefs is not None:
-            self.txn.out.prefs(key, outcome.prefs)
+    def _erased(self, key: bytes, decisions: list[DecisionRecord]) -> None:
+        """The customer was erased: every decision key without a decision here and the preferences view are
+        tombstoned."""
+        kept = {record[4] for record in decisions}
+        customer = key.decode()
+        for channel in CHANNELS:
+            if channel not in kept:
+                self.txn.out.decision(f"{channel}:{customer}".encode(), None)
+                index = CHANNEL_INDEX[channel]
+                self.txn.block_changes.append((index, self.blocks.clear(customer, index), None))
+        self.txn.out.prefs(key, None)
+        self.txn.counts[("erasures", ())] += 1
 
     def _decisions(self, decisions: list[DecisionRecord], *, event_driven: bool) -> None:
+        """Collect decisions and account for the blocks they set or lift (and, for those an input caused, the
+        latency from the event to now)."""
+        txn = self.txn
+        decision = txn.out.decision
+        counts = txn.counts
+        blocks = self.blocks
+        block_changes = txn.block_changes
         now = time.time()
         for topic_key, value, action, reason, channel, until_ms, decided_at_ms in decisions:
-            self.txn.out.decision(topic_key, value)
-            self.txn.counts[("decisions", (action, reason, channel))] += 1
-            customer = topic_key.decode().split(":", 1)[1]
+            decision(topic_key, value)
+            counts[("decisions", (action, reason, channel))] += 1
+            customer = topic_key[len(channel) + 1 :].decode()  # the key is {channel}:{customer_id}
             index = CHANNEL_INDEX[channel]
             if action == "block":
-                old = self.blocks.set(customer, index, until_ms)
-                self.txn.block_changes.append((index, old, INDEFINITE if until_ms is None else until_ms))
+                old = blocks.set(customer, index, until_ms)
+                block_changes.append((index, old, INDEFINITE if until_ms is None else until_ms))
             else:
-                self.txn.block_changes.append((index, self.blocks.clear(customer, index), None))
+                block_changes.append((index, blocks.clear(customer, index), None))
             if event_driven:
-                self.txn.latencies.append(max(now - decided_at_ms / 1000, 0.0))
+                txn.latencies.append(max(now - decided_at_ms / 1000, 0.0))
 
     # ------------------------------------------------------------------ wall clock
 

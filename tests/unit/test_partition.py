@@ -29,9 +29,7 @@ from fatigue.generate import generate_messages
 from fatigue.partition import (
     PREFERENCE_TYPES,
     CustomerEngine,
-    Outcome,
     PartitionDriver,
-    Processed,
     PythonEngine,
     decision_record,
     violation_record,
@@ -222,24 +220,6 @@ def test_hostile_messages_equal_the_partitioned_replay(
     _lock_step(guard, messages, ENGINES[engine], random.Random(seed), partitions=2, disturb=0.3)
 
 
-def _outcome_fields(processed: Processed) -> tuple[object, ...]:
-    outcome: Outcome = processed.outcome
-    rejection = outcome.rejection
-    return (
-        None if rejection is None else (rejection.reason, rejection.detail, rejection.event_id, rejection.customer_id),
-        outcome.customer_id,
-        outcome.event_type,
-        outcome.channel,
-        outcome.category,
-        outcome.decisions,
-        outcome.violations,
-        outcome.prefs,
-        outcome.erased,
-        processed.watermark_ms,
-        processed.next_deadline_ms,
-    )
-
-
 @pytest.mark.parametrize("policy_name", POLICIES)
 def test_native_engine_equals_the_python_engine(policy_name: str) -> None:
     """Every field of every outcome, and advance, take_dirty, evict, resident and state_bytes, called alike on both
@@ -262,11 +242,11 @@ def test_native_engine_equals_the_python_engine(policy_name: str) -> None:
         where = f"message {number} {value[:200]!r}"
         expected = python.process(value, key)
         got = native.process(value, key)
-        assert _outcome_fields(got) == _outcome_fields(expected), where
+        assert got == expected, where
         roll = rng.random()
-        customer = expected.outcome.customer_id
+        customer = expected[1]
         if customer is not None and roll < 0.05:
-            now = (expected.watermark_ms or START_MS) + rng.randrange(0, 5 * DAY)
+            now = (expected[9] or START_MS) + rng.randrange(0, 5 * DAY)
             assert native.advance(customer, now) == python.advance(customer, now), where
         if roll < 0.03 or number == len(messages) - 1:
             dirty = python.take_dirty()
@@ -383,11 +363,11 @@ def test_outputs_kept_in_flight_hold_no_more_heap_than_their_size() -> None:
     violations: list[tuple[object, ...]] = []
     prefs: list[bytes] = []
     for key, raw in generate_messages(3_000, 50, seed=9, start_ms=START_MS, span_days=5):
-        outcome = engine.process(raw, key).outcome
-        decisions += outcome.decisions
-        violations += outcome.violations
-        if outcome.prefs is not None:
-            prefs.append(outcome.prefs)
+        processed = engine.process(raw, key)
+        decisions += processed[5]
+        violations += processed[6]
+        if processed[7] is not None:
+            prefs.append(processed[7])
     states = [state for _, state in engine.take_dirty() if state is not None]
     assert decisions and violations and prefs and states
     decision_dicts = [orjson.loads(record[1]) for record in decisions[:50]]
