@@ -8,9 +8,13 @@ from the contract and the policy; partitions and topics from the deployment; sen
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from fatigue.events import CHANNELS
 from fatigue.state import CustomerState
@@ -20,6 +24,46 @@ from fatigue.state import CustomerState
 DEFAULT_MAX_SENDER_LABELS = 50
 OTHER_SENDER = "other"
 UNKNOWN_SENDER = "unknown"
+# how prometheus_client writes a bucket's bound in ``le`` (untyped there)
+_le_text: Callable[[float], str] = floatToGoString
+
+
+class BulkHistogram:
+    """A Prometheus histogram observed a transaction's values at a time: prometheus_client's Histogram takes a lock
+    and walks its buckets for each value (0.7 us), and the pipeline has about one value per input record (its
+    decisions' latencies, its changed states' sizes). Exposed as a custom collector, with the same samples
+    (``_bucket`` per ``le`` up to ``+Inf``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = tuple(sorted(float(bound) for bound in buckets))
+        self._counts = [0] * (len(self._bounds) + 1)  # per bucket, not cumulative; the last is +Inf's
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_all((value,))
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = self._counts
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value (le)
+            total += value
+        self._sum += total
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self._bounds, math.inf), self._counts, strict=True):
+            cumulative += count
+            buckets.append((_le_text(bound), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=self._sum)
 
 
 class Metrics:
@@ -59,7 +103,7 @@ class Metrics:
         self.deadlines_fired = Counter(
             "fatigue_deadline_advances_total", "Customers advanced by a partition clock", ["clock"], registry=r
         )
-        self.latency = Histogram(
+        self.latency = BulkHistogram(
             "fatigue_event_to_decision_seconds",
             "Wall-clock time from an event's timestamp to its decision (for live traffic)",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -104,7 +148,7 @@ class Metrics:
             "State changelog records read to bring local stores up to date on partition assignment",
             registry=r,
         )
-        self.state_bytes = Histogram(
+        self.state_bytes = BulkHistogram(
             "fatigue_state_bytes",
             "Serialised per-customer state size",
             buckets=(64, 128, 256, 512, 1024, 2048, 4096, 16384, 65536),

@@ -226,16 +226,17 @@ class PartitionTask:
         txn = self.txn
         last_offset = self.next_offset - 1 if self.next_offset is not None else -1
         prefix = last_offset.to_bytes(OFFSET_BYTES, "big", signed=True)
-        observe = self.metrics.state_bytes.observe
+        sizes: list[int] = []
         changes = txn.changes
         out = txn.out
         for customer, raw in self.driver.engine.take_dirty():
             key = customer.encode()
             value = None if raw is None else prefix + raw
             if raw is not None:
-                observe(len(raw))
+                sizes.append(len(raw))
             out.changelog(key, value)
             changes.append((key, value))
+        self.metrics.state_bytes.observe_all(sizes)
         clock = self.driver.time_ms
         if clock != self._clock_sealed:
             self._clock_sealed = clock
@@ -279,8 +280,7 @@ class PartitionTask:
                 series[name].labels(*labels).inc(count)
             else:
                 singles[name].inc(count)
-        for latency in txn.latencies:
-            metrics.latency.observe(latency)
+        metrics.latency.observe_all(txn.latencies)
         for channel, old, new in txn.block_changes:
             if old != new:
                 self.active_blocks.change_one(self.partition, channel, old, new)

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from fatigue.engine import Guard
@@ -22,6 +22,7 @@ from streams.metrics import (
     OTHER_SENDER,
     UNKNOWN_SENDER,
     ActiveBlocks,
+    BulkHistogram,
     Metrics,
     block_untils,
 )
@@ -207,3 +208,30 @@ def test_docs_list_every_series_the_worker_exports_and_no_other():
     documented = set(re.findall(r"`(fatigue_[a-z0-9_]+)", OPERATIONS_DOC.read_text()))
     assert exported - documented == set(), "exported but not in docs/operations.md"
     assert documented - exported == set(), "in docs/operations.md but not exported"
+
+
+def test_a_bulk_histogram_exposes_what_a_histogram_of_the_same_values_does():
+    """BulkHistogram (observed a transaction at a time) against prometheus_client's own Histogram: the same
+    buckets (a value on a bound counts to it: ``le``), +Inf, count and sum."""
+    buckets = (64, 128, 256, 512, 1024)
+    values = [1, 64, 64.5, 128, 300, 512, 1024, 1025, 99_999, 0, 200.25]
+    bulk_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = BulkHistogram("sizes", "Sizes", buckets, bulk_registry)
+    reference = Histogram("sizes", "Sizes", buckets=buckets, registry=reference_registry)
+    bulk.observe_all(values[:4])
+    bulk.observe_all([])
+    bulk.observe(values[4])
+    bulk.observe_all(values[5:])
+    for value in values:
+        reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, list[tuple[str, str]], float]]:
+        return sorted(
+            (sample.name, sorted(sample.labels.items()), sample.value)
+            for family in registry.collect()
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        )
+
+    assert samples(bulk_registry) == samples(reference_registry)
+    assert bulk_registry.get_sample_value("sizes_bucket", {"le": "64.0"}) == 3  # 0, 1, 64
