@@ -290,6 +290,8 @@ class NativeEngine:
         )
         # the Rust method itself, not a wrapper calling it: the pipeline calls it for every input record
         self.process = self._partition.process  # type: ignore[method-assign]
+        # a run of input records, routed in Rust: see NativePartition.handle_run and streams.task
+        self.handle_run = self._partition.handle_run
 
     def process(self, raw: bytes, key: bytes | None) -> Processed:
         processed: Processed = self._partition.process(raw, key)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from fatigue.events import CHANNEL_INDEX, CHANNELS, MAX_ID_CHARS, Rejection
-from fatigue.partition import DecisionRecord, PartitionDriver
+from fatigue.partition import DecisionRecord, PartitionDriver, RejectionFields
 from fatigue.state import CustomerState
 from streams.collector import REROUTED_HEADER, Headers, RecordCollector
 from streams.metrics import ActiveBlocks, Metrics
@@ -74,6 +74,8 @@ class PartitionTask:
         self.active_blocks = active_blocks
         active_blocks.reset(partition, int(time.time() * 1000))
         self._clock_sealed = driver.time_ms
+        # the native engine routes runs of records itself (see _handle_runs)
+        self._handle_run: Callable[..., tuple[Any, ...]] | None = getattr(driver.engine, "handle_run", None)
         self.txn = Transaction(collector)
 
     # ------------------------------------------------------------------ restore
@@ -99,8 +101,21 @@ class PartitionTask:
     # ------------------------------------------------------------------ input
 
     def handle(self, records: Sequence[Any]) -> None:
-        """Handle a run of this partition's input records, in offset order. The routing of an outcome is inlined
-        here (and the names it uses are locals): it runs for every input record."""
+        """Handle a run of this partition's input records, in offset order."""
+        skip_below = self.next_offset if self.next_offset is not None else -1
+        if self._handle_run is not None:
+            self._handle_runs(records if isinstance(records, list) else list(records), skip_below)
+        else:
+            self._handle_each(records, skip_below)
+        if records and records[-1].offset >= skip_below:
+            self.next_offset = records[-1].offset + 1
+            self.txn.offset = self.next_offset
+            self.txn.handled += len(records)
+            self.last_input_at = time.monotonic()
+
+    def _handle_each(self, records: Sequence[Any], skip_below: int) -> None:
+        """Records one by one through the partition driver. The routing of an outcome is inlined here (and the
+        names it uses are locals): it runs for every input record."""
         feed = self.driver.feed_fields
         txn = self.txn
         out = txn.out
@@ -110,7 +125,6 @@ class PartitionTask:
         max_event_bytes = self.max_event_bytes
         violation = out.violation
         sender_label = self.metrics.sender_label
-        skip_below = self.next_offset if self.next_offset is not None else -1
         for record in records:
             offset = record.offset
             if offset < skip_below:
@@ -124,19 +138,13 @@ class PartitionTask:
                 and partition_of(key) != own
                 and not any(name == REROUTED_HEADER for name, _ in record.headers or ())
             ):
-                # A producer with another partitioner (librdkafka's default is crc32) put this customer on the
-                # wrong partition; its state lives with the murmur2 partition, so forward it there once. One that
-                # cannot be valid is dead-lettered where it is: a copy of a huge one might not fit the producer.
-                headers: Headers = list(record.headers or ())
-                out.reroute(key, value, headers, partition_of(key))
-                counts[("rerouted", ())] += 1
+                self._reroute(record)
                 continue
             (rejection, _, event_type, channel, category, decisions, violations, prefs, erased, _, _) = feed(
                 value if value is not None else b"", key
             )
             if rejection is not None:
-                out.dead_letter(key, value, offset, Rejection(*rejection))
-                counts[("rejected", (rejection[0].split(":", 1)[0],))] += 1
+                self._reject(record, rejection)
                 continue
             assert key is not None
             assert event_type is not None
@@ -150,11 +158,73 @@ class PartitionTask:
                 self._erased(key, decisions)
             elif prefs is not None:
                 out.prefs(key, prefs)
-        if records and records[-1].offset >= skip_below:
-            self.next_offset = records[-1].offset + 1
-            txn.offset = self.next_offset
-            txn.handled += len(records)
-            self.last_input_at = time.monotonic()
+
+    def _handle_runs(self, records: list[Any], skip_below: int) -> None:
+        """The native engine's path: :meth:`_handle_each` done in Rust (``NativePartition.handle_run``, which holds
+        the two equal: tests/unit/test_task.py), up to an erasure, which the Python core applies (it goes through
+        :meth:`_handle_each`), then on after it. What it leaves to do here is per run, or per decision."""
+        assert self._handle_run is not None
+        txn = self.txn
+        out = txn.out
+        counts = txn.counts
+        topics = out.topics
+        start = 0
+        while True:
+            (stop, rejections, reroutes, events, decisions, violations, block_changes, decided_at, prefs) = (
+                self._handle_run(
+                    records,
+                    start,
+                    skip_below,
+                    self.driver.clock,
+                    out.records,
+                    topics.decisions,
+                    topics.violations,
+                    self.partition,
+                    topics.partitions,
+                    _MAX_KEY_BYTES,
+                    self.max_event_bytes,
+                    REROUTED_HEADER,
+                )
+            )
+            now = time.time()  # the latencies are measured at the end of the run (Rust reads no clock)
+            for index, rejection in rejections:
+                self._reject(records[index], rejection)
+            for index in reroutes:
+                self._reroute(records[index])
+            for labels, count in events:
+                counts[("events", labels)] += count
+            for labels, count in decisions:
+                counts[("decisions", labels)] += count
+            for (kind, channel, sender), count in violations:
+                counts[("violations", (kind, channel, self.metrics.sender_label(sender)))] += count
+            blocks = self.blocks
+            changes = txn.block_changes
+            for customer, index, block, until_ms in block_changes:
+                if block:
+                    old = blocks.set(customer, index, until_ms)
+                    changes.append((index, old, INDEFINITE if until_ms is None else until_ms))
+                else:
+                    changes.append((index, blocks.clear(customer, index), None))
+            txn.latencies.extend([max(now - decided_at_ms / 1000, 0.0) for decided_at_ms in decided_at])
+            for key, value in prefs:
+                out.prefs(key, value)
+            if stop >= len(records):
+                return
+            self._handle_each(records[stop : stop + 1], skip_below)
+            start = stop + 1
+
+    def _reroute(self, record: Any) -> None:
+        """A producer with another partitioner (librdkafka's default is crc32) put this customer on the wrong
+        partition; its state lives with the murmur2 partition, so forward it there once. One that cannot be valid
+        is dead-lettered where it is: a copy of a huge one might not fit the producer."""
+        out = self.txn.out
+        headers: Headers = list(record.headers or ())
+        out.reroute(record.key, record.value, headers, out.partition_of(record.key))
+        self.txn.counts[("rerouted", ())] += 1
+
+    def _reject(self, record: Any, rejection: RejectionFields) -> None:
+        self.txn.out.dead_letter(record.key, record.value, record.offset, Rejection(*rejection))
+        self.txn.counts[("rejected", (rejection[0].split(":", 1)[0],))] += 1
 
     def read_past(self, position: int) -> None:
         """The consumer's position moved past offsets that hold no record for us (transaction markers, aborted
