@@ -12,7 +12,9 @@ customer's time zone by Python's zoneinfo, so both cores read the same zone data
 
 ``NativeEngine`` is :class:`fatigue.partition.PythonEngine` on the same engine and bridge, a
 :class:`fatigue.partition.CustomerEngine` for one partition of the streaming pipeline, held equal to it (and to
-``Replay(partitions=N)``) by tests/unit/test_partition.py.
+``Replay(partitions=N)``) by tests/unit/test_partition.py. Its ``handle_run`` also routes a run of the pipeline's
+input records (what :meth:`streams.task.PartitionTask.handle` does per record with the Python engine), held equal
+to that loop by tests/unit/test_task.py.
 
 The Python engine stays the oracle.
 """
