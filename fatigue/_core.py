@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 # What setup.py compiles (it reads this list).
-COMPILED_MODULES = ("clock", "engine", "events", "policy", "replay", "state", "timeutil")
+COMPILED_MODULES = ("clock", "engine", "events", "partition", "policy", "replay", "state", "timeutil")
 DIGESTS_FILE = "_compiled.json"
 PURE_ENV = "FATIGUE_PURE_PYTHON"
 _PACKAGE_DIR = Path(__file__).resolve().parent
