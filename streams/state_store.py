@@ -4,9 +4,11 @@ The changelog topic (compacted, one partition per input partition) is the state'
 states go to it in the batch's transaction, with the batch's outputs and input offsets. The local database is
 written only after that transaction committed, in one atomic write together with the changelog position it then
 reflects, so it is never ahead of the changelog; after a crash it may be behind, and the partition's restore
-(:mod:`streams.restore`) reads the changelog from that position. A database that cannot be opened for corruption
-(seen once after a SIGKILL: a MANIFEST naming a missing ``.sst``) is moved aside for a post-mortem and the
-partition is restored from the whole changelog.
+(:mod:`streams.restore`) reads the changelog from that position. Hence no write-ahead log (as Kafka Streams' stores):
+a crash loses the writes since RocksDB last flushed its memtable, whole writes and in order, so the store is at an
+earlier position with exactly that position's states, and the restore reads the rest. A database that cannot be
+opened for corruption (seen once after a SIGKILL: a MANIFEST naming a missing ``.sst``) is moved aside for a
+post-mortem and the partition is restored from the whole changelog.
 
 Keys are customer ids (UTF-8); values are the core's state bytes. Keys starting with ``0xff`` (never the first
 byte of UTF-8) are the partition's own: its changelog position, and the partition clock's time (which is also a
@@ -49,6 +51,9 @@ class PartitionStore:
     def __init__(self, path: Path, options: rocksdict.Options) -> None:
         self.path = path
         self._options = options
+        self._write_options = rocksdict.WriteOptions()
+        # the changelog is the log (module docstring); rocksdict's stubs call this property a method
+        self._write_options.disable_wal = True  # type: ignore[method-assign, assignment]
         self._db = self._open()
 
     def _open(self) -> rocksdict.Rdict:
@@ -97,7 +102,7 @@ class PartitionStore:
                 batch.put(key, value)
         batch.put(POSITION_KEY, encode_int(position))
         batch.put(WRITTEN_AT_KEY, encode_int(int(time.time() * 1000)))
-        self._db.write(batch)
+        self._db.write(batch, self._write_options)
 
     def states(self) -> Iterator[tuple[bytes, bytes]]:
         """Every customer state stored: (customer key, state bytes)."""

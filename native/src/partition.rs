@@ -1,7 +1,9 @@
 //! fatigue/partition.py's PythonEngine on the native engine: one Kafka partition's customers, their states loaded on
 //! demand from the pipeline's store (a Python callable), changed ones handed back for its changelog, clean ones
 //! evicted. Parsing, the bridge to the Python core (lines the fast parser leaves alone, erasure) and the zone-offset
-//! cache are replay.rs's; fatigue/native.py's NativeEngine wraps this class into a CustomerEngine.
+//! cache are replay.rs's; fatigue/native.py's NativeEngine wraps this class into a CustomerEngine. `handle_run` also
+//! routes a run of the pipeline's input records (streams/task.py's per-record loop, held equal by
+//! tests/unit/test_task.py).
 
 use std::cell::RefCell;
 use std::collections::HashMap;

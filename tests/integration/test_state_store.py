@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.restore import restore
 from streams.state_store import PartitionStore, store_options
 from tests.transaction_markers import wait_for_last_stable_offsets
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +121,37 @@ def test_restore_reads_what_the_store_lacks_committed_only(
     ahead.apply([(b"zombie", b"state of another changelog")], position=end + 100)
     asyncio.run(_restore(bootstrap_servers, ahead, topic))
     assert dict(ahead.states()) == {b"a": b"a-True", b"b": b"b-True"}  # wiped and restored from scratch
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from streams.state_store import PartitionStore, store_options
+
+store = PartitionStore(Path(sys.argv[1]), store_options(1 << 20, 64 << 10))
+position = 0
+while True:  # until killed: batches of 50 states, each bringing the store to a new changelog position
+    position += 1
+    store.apply([(f"c{n}".encode(), f"{position}:{n}".encode() * 40) for n in range(50)], position)
+    if position == 200:
+        print("written", flush=True)
+"""
+
+
+def test_a_killed_writer_leaves_a_whole_earlier_position(tmp_path: Path) -> None:
+    """The store has no write-ahead log: a SIGKILLed process loses its writes since the last memtable flush. What
+    is left must be one position's states exactly (whole batches, in order), for the restore to read on from it."""
+    path = tmp_path / "partition-0.db"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, cwd=REPO)
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == b"written\n"
+    time.sleep(0.5)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    store = _store(path)
+    try:
+        position = store.position
+        assert position > 0, "the 64 KiB memtables flushed many times before the kill"
+        assert dict(store.states()) == {f"c{n}".encode(): f"{position}:{n}".encode() * 40 for n in range(50)}
+    finally:
+        store.close()
