@@ -203,23 +203,16 @@ class PythonEngine:
         self.dirty[customer_id] = None
         decisions = [decision_record(decision) for decision in step.decisions]
         violations = [violation_record(violation) for violation in step.violations]
-        if step.erased:
-            return (
-                None,
-                customer_id,
-                parsed.type,
-                parsed.channel,
-                parsed.category,
-                decisions,
-                violations,
-                None,
-                True,
-                None,
-                None,
-            )
-        new = step.state
-        assert new is not None
-        prefs = json_bytes(preferences_view(new)) if parsed.type in PREFERENCE_TYPES else None
+        prefs: bytes | None = None
+        watermark_ms: int | None = None
+        next_deadline_ms: int | None = None
+        if not step.erased:
+            new = step.state
+            assert new is not None
+            if parsed.type in PREFERENCE_TYPES:
+                prefs = json_bytes(preferences_view(new))
+            watermark_ms = new.watermark_ms
+            next_deadline_ms = new.next_deadline_ms()
         return (
             None,
             customer_id,
@@ -229,9 +222,9 @@ class PythonEngine:
             decisions,
             violations,
             prefs,
-            False,
-            new.watermark_ms,
-            new.next_deadline_ms(),
+            step.erased,
+            watermark_ms,
+            next_deadline_ms,
         )
 
     def advance(self, customer_id: str, now_ms: int) -> tuple[list[DecisionRecord], int | None]:
